@@ -1,0 +1,163 @@
+//! The codecs and RTCP features each kind of peer connection negotiates.
+//!
+//! Hosts and viewers differ on purpose: a host connection generates NACKs and transport-cc
+//! feedback (so the browser's encoder ramps its bitrate up), while a viewer connection has no
+//! NACK responder of `rtc`'s own: the SFU answers viewer NACKs from its shared per-track ring
+//! instead of keeping a copy of every packet per viewer.
+
+use rtc::interceptor::Registry;
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_twcc_receiver_only,
+};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MediaEngine,
+};
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+};
+
+use crate::keyframe::VideoCodec;
+use crate::{MediaKind, Role};
+
+/// The codec of a track, as negotiated with its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Codec {
+    pub kind: MediaKind,
+    pub rtp: RTCRtpCodec,
+    /// Set for video codecs whose keyframes the SFU recognises.
+    pub video: Option<VideoCodec>,
+}
+
+impl Codec {
+    /// Classifies a negotiated `rtc` codec; `None` for codecs the SFU does not forward.
+    pub fn from_rtp(rtp: RTCRtpCodec) -> Option<Self> {
+        let mime = rtp.mime_type.to_ascii_lowercase();
+        let (kind, video) = if mime == MIME_TYPE_OPUS.to_ascii_lowercase() {
+            (MediaKind::Audio, None)
+        } else if mime == MIME_TYPE_VP8.to_ascii_lowercase() {
+            (MediaKind::Video, Some(VideoCodec::Vp8))
+        } else if mime == MIME_TYPE_H264.to_ascii_lowercase() {
+            (MediaKind::Video, Some(VideoCodec::H264))
+        } else {
+            return None;
+        };
+        Some(Self { kind, rtp, video })
+    }
+
+    /// Whether a source with codec `other` can feed a track of this codec without the
+    /// viewers renegotiating.
+    pub fn compatible(&self, other: &Codec) -> bool {
+        self.rtp.mime_type.eq_ignore_ascii_case(&other.rtp.mime_type)
+            && self.rtp.clock_rate == other.rtp.clock_rate
+            && (self.video != Some(VideoCodec::H264)
+                || profile_level_id(&self.rtp.sdp_fmtp_line)
+                    == profile_level_id(&other.rtp.sdp_fmtp_line))
+    }
+}
+
+fn profile_level_id(fmtp: &str) -> Option<&str> {
+    fmtp.split(';')
+        .find_map(|kv| kv.trim().strip_prefix("profile-level-id="))
+        .map(|v| &v[..v.len().min(4)])
+}
+
+/// Builds the media engine and interceptor registry for a peer of `role`.
+pub fn engine_for(role: Role) -> rtc::shared::error::Result<(MediaEngine, Registry)> {
+    let mut engine = MediaEngine::default();
+    let video_feedback = || {
+        vec![
+            feedback("nack", ""),
+            feedback("nack", "pli"),
+            feedback("ccm", "fir"),
+        ]
+    };
+    let audio = RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+    };
+    engine.register_codec(audio, RtpCodecKind::Audio)?;
+    let mut video = vec![(
+        96,
+        MIME_TYPE_VP8,
+        String::new(),
+    )];
+    for (pt, profile) in [(102, "42e01f"), (104, "42001f"), (106, "640c1f")] {
+        video.push((
+            pt,
+            MIME_TYPE_H264,
+            format!("level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"),
+        ));
+    }
+    for (payload_type, mime, fmtp) in video {
+        engine.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: mime.to_owned(),
+                    clock_rate: 90000,
+                    channels: 0,
+                    sdp_fmtp_line: fmtp,
+                    rtcp_feedback: video_feedback(),
+                },
+                payload_type,
+            },
+            RtpCodecKind::Video,
+        )?;
+    }
+    let registry = Registry::new();
+    let registry = match role {
+        Role::Publisher => {
+            let registry = configure_nack(registry, &mut engine);
+            let registry = configure_twcc_receiver_only(registry, &mut engine)?;
+            configure_rtcp_reports(registry)
+        }
+        // Sender and receiver reports only: NACKs are answered from the shared ring.
+        Role::Subscriber => configure_rtcp_reports(registry),
+    };
+    Ok((engine, registry))
+}
+
+fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
+    RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codec(mime: &str, fmtp: &str) -> Codec {
+        Codec::from_rtp(RTCRtpCodec {
+            mime_type: mime.into(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: fmtp.into(),
+            rtcp_feedback: vec![],
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn compatibility_follows_mime_and_h264_profile() {
+        let vp8 = codec("video/VP8", "");
+        let h264_cb = codec("video/H264", "packetization-mode=1;profile-level-id=42e01f");
+        let h264_cb2 = codec("video/h264", "profile-level-id=42e034;packetization-mode=1");
+        let h264_high = codec("video/H264", "profile-level-id=640c1f");
+        assert!(vp8.compatible(&codec("video/vp8", "")));
+        assert!(!vp8.compatible(&h264_cb));
+        assert!(h264_cb.compatible(&h264_cb2), "same profile, other level");
+        assert!(!h264_cb.compatible(&h264_high));
+        assert!(Codec::from_rtp(RTCRtpCodec {
+            mime_type: "video/AV1".into(),
+            ..Default::default()
+        })
+        .is_none());
+    }
+}

@@ -1,0 +1,43 @@
+//! Tunables of the SFU core. Every bound is named and says what happens when it is hit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Configuration of an [`crate::Sfu`].
+#[derive(Debug, Clone)]
+pub struct SfuConfig {
+    /// Host candidates offered to every peer: the addresses clients send media to. All share
+    /// one UDP port. The driver fills this from the bound socket(s) and any public IP.
+    pub candidates: Vec<SocketAddr>,
+    /// Packets kept per track for NACK retransmission and fan-out. 1024 packets hold about
+    /// one second of 8 Mbit/s video or twenty seconds of Opus; a NACK for an older packet is
+    /// ignored (the viewer then asks for a keyframe).
+    pub ring_capacity: usize,
+    /// Datagrams queued for one peer between driver flushes. When full, further datagrams to
+    /// that peer are dropped and counted: a slow or flooded peer loses packets, it never holds
+    /// up the host or other viewers.
+    pub max_queued_datagrams: usize,
+    /// Minimum spacing of keyframe requests (PLI) sent to a host per track. Viewer requests in
+    /// between are coalesced into one request at the end of the interval.
+    pub keyframe_request_interval: Duration,
+    /// How long a track stays in a room after its host source went away, so a host that
+    /// reconnects or switches source is rebound to the same track: viewers see no
+    /// renegotiation and no new SSRC, only a short pause.
+    pub track_grace: Duration,
+    /// Retransmissions served for one NACK packet; the rest of a huge NACK is ignored so a
+    /// malicious or broken viewer cannot turn one small RTCP packet into a flood.
+    pub max_retransmissions_per_nack: usize,
+}
+
+impl Default for SfuConfig {
+    fn default() -> Self {
+        Self {
+            candidates: Vec::new(),
+            ring_capacity: 1024,
+            max_queued_datagrams: 512,
+            keyframe_request_interval: Duration::from_millis(500),
+            track_grace: Duration::from_secs(15),
+            max_retransmissions_per_nack: 64,
+        }
+    }
+}

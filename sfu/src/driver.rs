@@ -1,0 +1,296 @@
+//! The thin async driver: one task owns the [`Sfu`] core, the UDP socket(s) and the clock.
+//!
+//! Other tasks talk to it through a cloneable [`SfuHandle`] over a bounded channel with
+//! oneshot replies (GUIDE §2.4). Events for a peer go to the channel registered with that
+//! peer; room-level events (tracks changed) go to one channel given at start.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
+
+/// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
+/// before callers wait (they are backpressured, not dropped).
+pub const COMMAND_QUEUE: usize = 1024;
+/// Datagrams read from the sockets but not yet handed to the core. When full, reader tasks
+/// stop reading and the kernel's socket buffer absorbs (or drops) the excess.
+pub const DATAGRAM_QUEUE: usize = 8192;
+/// Largest datagram read; larger ones are truncated by the kernel and then rejected. 1500
+/// bytes is the Ethernet MTU; WebRTC stacks keep packets under ~1200 bytes.
+const MAX_DATAGRAM: usize = 1500;
+
+/// A media socket and the address clients reach it at (its candidate).
+pub struct MediaSocket {
+    pub socket: UdpSocket,
+    /// Advertised in SDP; differs from the bound address behind 1:1 NAT or on a wildcard bind.
+    pub advertised: SocketAddr,
+}
+
+/// Handle to a running SFU driver. Cheap to clone.
+#[derive(Clone)]
+pub struct SfuHandle {
+    commands: mpsc::Sender<Command>,
+}
+
+enum Command {
+    AddPeer {
+        room: RoomId,
+        role: Role,
+        events: mpsc::Sender<SfuEvent>,
+        reply: oneshot::Sender<Result<PeerId, SfuError>>,
+    },
+    Offer {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    Answer {
+        peer: PeerId,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    Candidate {
+        peer: PeerId,
+        candidate: RTCIceCandidateInit,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    RemovePeer {
+        peer: PeerId,
+    },
+    Stats {
+        reply: oneshot::Sender<SfuStats>,
+    },
+}
+
+impl SfuHandle {
+    /// Adds a peer; `events` receives its [`SfuEvent::Offer`] and [`SfuEvent::Connection`]
+    /// events (sent with `try_send`: a session that stops reading misses events, it does not
+    /// stall the SFU).
+    pub async fn add_peer(
+        &self,
+        room: RoomId,
+        role: Role,
+        events: mpsc::Sender<SfuEvent>,
+    ) -> Result<PeerId, SfuError> {
+        self.call(|reply| Command::AddPeer {
+            room,
+            role,
+            events,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn offer(&self, peer: PeerId, sdp: String) -> Result<String, SfuError> {
+        self.call(|reply| Command::Offer { peer, sdp, reply }).await?
+    }
+
+    pub async fn answer(&self, peer: PeerId, sdp: String) -> Result<(), SfuError> {
+        self.call(|reply| Command::Answer { peer, sdp, reply })
+            .await?
+    }
+
+    pub async fn candidate(
+        &self,
+        peer: PeerId,
+        candidate: RTCIceCandidateInit,
+    ) -> Result<(), SfuError> {
+        self.call(|reply| Command::Candidate {
+            peer,
+            candidate,
+            reply,
+        })
+        .await?
+    }
+
+    pub async fn remove_peer(&self, peer: PeerId) {
+        let _ = self.commands.send(Command::RemovePeer { peer }).await;
+    }
+
+    pub async fn stats(&self) -> Result<SfuStats, SfuError> {
+        self.call(|reply| Command::Stats { reply }).await
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, SfuError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| SfuError::Stopped)?;
+        rx.await.map_err(|_| SfuError::Stopped)
+    }
+}
+
+/// Starts the driver task on the current runtime. `config.candidates` is replaced by the
+/// sockets' advertised addresses. The task ends when `shutdown` completes.
+pub fn run_driver(
+    mut config: SfuConfig,
+    sockets: Vec<MediaSocket>,
+    room_events: mpsc::Sender<SfuEvent>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> SfuHandle {
+    config.candidates = sockets.iter().map(|s| s.advertised).collect();
+    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (datagrams_tx, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
+    let mut senders = HashMap::new();
+    for s in sockets {
+        let socket = Arc::new(s.socket);
+        senders.insert(s.advertised, socket.clone());
+        tokio::spawn(read_socket(socket, s.advertised, datagrams_tx.clone()));
+    }
+    let driver = Driver {
+        sfu: Sfu::new(config),
+        senders,
+        peer_events: HashMap::new(),
+        room_events,
+    };
+    tokio::spawn(driver.run(commands_rx, datagrams_rx, shutdown));
+    SfuHandle {
+        commands: commands_tx,
+    }
+}
+
+struct Driver {
+    sfu: Sfu,
+    senders: HashMap<SocketAddr, Arc<UdpSocket>>,
+    peer_events: HashMap<PeerId, (RoomId, mpsc::Sender<SfuEvent>)>,
+    room_events: mpsc::Sender<SfuEvent>,
+}
+
+impl Driver {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut datagrams: mpsc::Receiver<Datagram>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            self.flush().await;
+            let deadline = self.sfu.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(command) = commands.recv() => self.handle_command(now(), command),
+                Some(datagram) = datagrams.recv() => {
+                    let now = now();
+                    self.sfu.handle_datagram(now, datagram);
+                    // Drain a burst without re-arming the select, bounded to keep commands
+                    // and timers responsive during a flood.
+                    for _ in 0..64 {
+                        match datagrams.try_recv() {
+                            Ok(datagram) => self.sfu.handle_datagram(now, datagram),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep => self.sfu.handle_timeout(now()),
+            }
+        }
+        tracing::debug!("sfu driver stopped");
+    }
+
+    fn handle_command(&mut self, now: std::time::Instant, command: Command) {
+        match command {
+            Command::AddPeer {
+                room,
+                role,
+                events,
+                reply,
+            } => {
+                let result = self.sfu.add_peer(now, &room, role);
+                if let Ok(peer) = &result {
+                    self.peer_events.insert(*peer, (room, events));
+                }
+                let _ = reply.send(result);
+            }
+            Command::Offer { peer, sdp, reply } => {
+                let _ = reply.send(self.sfu.handle_offer(now, peer, &sdp));
+            }
+            Command::Answer { peer, sdp, reply } => {
+                let _ = reply.send(self.sfu.handle_answer(now, peer, &sdp));
+            }
+            Command::Candidate {
+                peer,
+                candidate,
+                reply,
+            } => {
+                let _ = reply.send(self.sfu.handle_candidate(now, peer, candidate));
+            }
+            Command::RemovePeer { peer } => {
+                self.sfu.remove_peer(now, peer);
+                self.peer_events.remove(&peer);
+            }
+            Command::Stats { reply } => {
+                let _ = reply.send(self.sfu.stats().clone());
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.sfu.poll_transmit() {
+            let Some(socket) = self.senders.get(&transmit.local) else {
+                continue;
+            };
+            // Send errors (unreachable peer, full buffer) lose one datagram, like the network.
+            if let Err(err) = socket.send_to(&transmit.payload, transmit.remote).await {
+                tracing::trace!(%err, remote = %transmit.remote, "send failed");
+            }
+        }
+        while let Some(event) = self.sfu.poll_event() {
+            match &event {
+                SfuEvent::Offer { peer, .. } | SfuEvent::Connection { peer, .. } => {
+                    if let Some((_, tx)) = self.peer_events.get(peer) {
+                        let _ = tx.try_send(event);
+                    }
+                }
+                SfuEvent::Tracks { .. } => {
+                    let _ = self.room_events.try_send(event);
+                }
+            }
+        }
+    }
+}
+
+/// The driver's one clock read. Tokio's clock, so `start_paused` tests control it.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, out: mpsc::Sender<Datagram>) {
+    loop {
+        let mut buf = BytesMut::zeroed(MAX_DATAGRAM);
+        match socket.recv_from(&mut buf).await {
+            Ok((len, remote)) => {
+                buf.truncate(len);
+                let datagram = Datagram {
+                    local,
+                    remote,
+                    payload: buf,
+                };
+                if out.send(datagram).await.is_err() {
+                    return; // driver stopped
+                }
+            }
+            // ICMP port-unreachable from a departed peer surfaces here on some platforms;
+            // it concerns one peer, never the socket.
+            Err(err) => tracing::trace!(%err, "udp recv error"),
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Marquee's selective forwarding unit.
+//!
+//! - [`Sfu`]: the sans-IO core (rooms, peers, tracks; `handle_*` in, `poll_*` out).
+//! - [`driver`]: the one async task that owns the UDP socket(s) and the clock, and the
+//!   [`SfuHandle`] other tasks use to talk to it.
+//! - Building blocks, each unit-tested on its own: [`demux`] (routing datagrams on the shared
+//!   port), [`ring`] (the per-track packet store), [`rewrite`] (continuous numbering across
+//!   source changes), [`keyframe`] (keyframe detection), [`codecs`] (what peers negotiate).
+//!
+//! The crate knows nothing of WebSockets or signaling messages (GUIDE §1).
+
+pub mod codecs;
+pub mod config;
+pub mod demux;
+pub mod driver;
+pub mod ids;
+pub mod keyframe;
+pub mod rewrite;
+pub mod ring;
+mod sfu;
+
+pub use config::SfuConfig;
+pub use driver::{SfuHandle, run_driver};
+pub use ids::{PeerId, RoomId, TrackId};
+pub use sfu::{Datagram, Sfu, SfuEvent, Transmit};
+
+/// Which side of a room a peer is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Sends media into the room (the host).
+    Publisher,
+    /// Receives the room's tracks (a viewer).
+    Subscriber,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// A room track as signaling reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TrackInfo {
+    pub id: TrackId,
+    pub kind: MediaKind,
+    /// A host source currently feeds it.
+    pub active: bool,
+}
+
+/// Media connection state of one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionState {
+    New,
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+    Closed,
+}
+
+/// Counters, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub datagrams_in: u64,
+    /// Datagrams from an address no peer has proven (by ICE) to own.
+    pub datagrams_unroutable: u64,
+    /// Datagrams a peer connection refused (bad SRTP auth, replays, garbage).
+    pub datagrams_rejected: u64,
+    /// Datagrams dropped because a peer's queue was full.
+    pub datagrams_dropped: u64,
+    pub packets_in: u64,
+    pub packets_forwarded: u64,
+    pub bytes_forwarded: u64,
+    pub nacks_received: u64,
+    pub retransmissions: u64,
+    /// NACKed packets no longer in the ring.
+    pub retransmissions_missed: u64,
+    pub keyframe_requests_received: u64,
+    pub keyframe_requests_sent: u64,
+}
+
+/// Why an SFU operation failed. Each variant is a distinct failure a caller may report.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum SfuError {
+    #[error("no such peer")]
+    UnknownPeer,
+    #[error("not allowed: {0}")]
+    WrongRole(&'static str),
+    #[error("invalid SDP: {0}")]
+    InvalidSdp(String),
+    #[error("no offer is awaiting an answer")]
+    NoOfferPending,
+    #[error("a candidate arrived before any session description")]
+    CandidateBeforeDescription,
+    #[error("invalid candidate: {0}")]
+    InvalidCandidate(String),
+    #[error("the SFU is not running")]
+    Stopped,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl SfuError {
+    fn invalid_sdp(err: impl std::fmt::Display) -> Self {
+        SfuError::InvalidSdp(err.to_string())
+    }
+
+    fn internal(err: impl std::fmt::Display) -> Self {
+        SfuError::Internal(err.to_string())
+    }
+}

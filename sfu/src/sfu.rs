@@ -1,0 +1,1161 @@
+//! The sans-IO SFU core: rooms, peers and tracks, no sockets, tasks or clock reads.
+//!
+//! Data flows one way. The driver pushes datagrams ([`Sfu::handle_datagram`]) and deadlines
+//! ([`Sfu::handle_timeout`]); signaling pushes peers and SDP ([`Sfu::add_peer`],
+//! [`Sfu::handle_offer`], ...). The driver then pulls datagrams to send
+//! ([`Sfu::poll_transmit`]), events for signaling ([`Sfu::poll_event`]) and the next deadline
+//! ([`Sfu::poll_timeout`]).
+//!
+//! Each peer is an `rtc` peer connection in ICE-lite mode with credentials chosen here, so an
+//! inbound STUN check is routed by its USERNAME and everything after it by remote address.
+//!
+//! Media model: a room has *tracks* (stable outbound streams) fed by the host's *sources*. A
+//! track keeps its identity, SSRCs and a continuous sequence/timestamp space when its source
+//! changes (host reconnect, camera→screen via a new track), so viewers never renegotiate for
+//! that. Each inbound packet is rewritten once into the track's space, stored once in the
+//! track's ring, and sent to each viewer with only the viewer's SSRC and payload type changed.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::state::RTCPeerConnectionState;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCDtlsRole, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtcp;
+use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+
+use crate::codecs::{Codec, engine_for};
+use crate::demux::{DatagramKind, classify, stun_local_ufrag};
+use crate::keyframe::starts_keyframe;
+use crate::rewrite::SourceRewriter;
+use crate::ring::{PacketRing, SeqExtender, StoredPacket};
+use crate::{
+    ConnectionState, MediaKind, PeerId, Role, RoomId, SfuConfig, SfuError, SfuStats, TrackId,
+    TrackInfo,
+};
+
+/// A datagram received on the media port.
+#[derive(Debug)]
+pub struct Datagram {
+    /// The advertised address it was received on (one of [`SfuConfig::candidates`]).
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub payload: BytesMut,
+}
+
+/// A datagram to send from the media port.
+#[derive(Debug)]
+pub struct Transmit {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub payload: BytesMut,
+}
+
+/// Something signaling must act on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SfuEvent {
+    /// Deliver this server-made offer to a viewer; its answer goes to [`Sfu::handle_answer`].
+    Offer { peer: PeerId, sdp: String },
+    /// A peer's media connection changed state.
+    Connection { peer: PeerId, state: ConnectionState },
+    /// The tracks of a room changed (added, removed, source bound or lost).
+    Tracks { room: RoomId, tracks: Vec<TrackInfo> },
+}
+
+/// The SFU core. See the module documentation.
+pub struct Sfu {
+    config: SfuConfig,
+    next_id: u64,
+    peers: HashMap<PeerId, Peer>,
+    rooms: HashMap<RoomId, Room>,
+    tracks: HashMap<TrackId, Track>,
+    by_ufrag: HashMap<String, PeerId>,
+    by_addr: HashMap<SocketAddr, PeerId>,
+    /// Peers with queued datagrams, served round-robin so one busy peer cannot starve others.
+    ready: VecDeque<PeerId>,
+    /// Peer deadlines; an entry is stale unless it equals the peer's current `deadline`.
+    timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    events: VecDeque<SfuEvent>,
+    stats: SfuStats,
+}
+
+struct Peer {
+    room: RoomId,
+    role: Role,
+    pc: RTCPeerConnection,
+    ufrag: String,
+    remotes: Vec<SocketAddr>,
+    queue: VecDeque<Transmit>,
+    in_ready: bool,
+    deadline: Option<Instant>,
+    state: ConnectionState,
+    /// Publisher: the host's track id (from `rtc`) → the room track it feeds.
+    sources: HashMap<String, TrackId>,
+    /// Subscriber: one per room track, in the order they were added.
+    subscriptions: Vec<Subscription>,
+    /// Subscriber: a server offer awaits its answer.
+    offer_outstanding: bool,
+    /// Subscriber: tracks changed while an offer was outstanding; offer again after the answer.
+    needs_offer: bool,
+    /// Whether any remote description was applied (candidates need one).
+    has_remote_description: bool,
+}
+
+struct Subscription {
+    track: TrackId,
+    sender: RTCRtpSenderId,
+    ssrc: u32,
+    /// The viewer's payload type for the track's codec, learned after negotiation.
+    payload_type: Option<u8>,
+    /// Video only: forward nothing until a keyframe starts, so the first frame decodes.
+    awaiting_keyframe: bool,
+}
+
+#[derive(Default)]
+struct Room {
+    publisher: Option<PeerId>,
+    subscribers: Vec<PeerId>,
+    tracks: Vec<TrackId>,
+}
+
+struct Track {
+    room: RoomId,
+    codec: Codec,
+    source: Option<Source>,
+    rewriter: SourceRewriter,
+    ring: PacketRing,
+    /// Extends the unified 16-bit numbers viewers NACK back to ring indices.
+    extender: SeqExtender,
+    subscribers: Vec<PeerId>,
+    last_keyframe_request: Option<Instant>,
+    keyframe_request_pending: bool,
+    /// When the source went away; the track is removed after `track_grace`.
+    orphaned_at: Option<Instant>,
+}
+
+struct Source {
+    peer: PeerId,
+    receiver: RTCRtpReceiverId,
+    ssrc: u32,
+}
+
+impl Sfu {
+    pub fn new(config: SfuConfig) -> Self {
+        Self {
+            config,
+            next_id: 1,
+            peers: HashMap::new(),
+            rooms: HashMap::new(),
+            tracks: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            events: VecDeque::new(),
+            stats: SfuStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &SfuConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &SfuStats {
+        &self.stats
+    }
+
+    /// Number of peers currently held.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The tracks of `room` as viewers see them.
+    pub fn tracks(&self, room: &RoomId) -> Vec<TrackInfo> {
+        let Some(r) = self.rooms.get(room) else {
+            return Vec::new();
+        };
+        r.tracks
+            .iter()
+            .filter_map(|id| {
+                self.tracks.get(id).map(|t| TrackInfo {
+                    id: *id,
+                    kind: t.codec.kind,
+                    active: t.source.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Creates a peer connection for a host (`Publisher`) or viewer (`Subscriber`) of `room`.
+    ///
+    /// A viewer is sent an offer ([`SfuEvent::Offer`]) as soon as the room has tracks.
+    /// A new publisher replaces the room's current one (signaling decides who may host): the
+    /// old one's tracks are orphaned and rebound to the new host's sources, so a host
+    /// taking over from its own stale session never races that session's cleanup.
+    pub fn add_peer(&mut self, now: Instant, room: &RoomId, role: Role) -> Result<PeerId, SfuError> {
+        let id = PeerId(self.next_id);
+        self.next_id += 1;
+        let ufrag = random_token(16);
+        let setting_engine = SettingEngineBuilder::new()
+            .with_lite(true)
+            .with_ice_credentials(ufrag.clone(), random_token(32))
+            // Hosts offer actpass; answering as DTLS server lets the browser start the
+            // handshake as soon as ICE succeeds.
+            .with_answering_dtls_role(RTCDtlsRole::Server)
+            .build();
+        let (engine, registry) = engine_for(role).map_err(SfuError::internal)?;
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(setting_engine)
+            .with_media_engine(engine)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(SfuError::internal)?;
+        for addr in &self.config.candidates {
+            let candidate = CandidateHostConfig {
+                base_config: CandidateConfig {
+                    network: "udp".to_owned(),
+                    address: addr.ip().to_string(),
+                    port: addr.port(),
+                    component: 1,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+            .new_candidate_host()
+            .map_err(SfuError::internal)?;
+            let init = RTCIceCandidate::from(&candidate)
+                .to_json()
+                .map_err(SfuError::internal)?;
+            pc.add_local_candidate(init).map_err(SfuError::internal)?;
+        }
+        // End of candidates: an ICE-lite server knows all of its candidates up front.
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(SfuError::internal)?;
+
+        self.by_ufrag.insert(ufrag.clone(), id);
+        self.peers.insert(
+            id,
+            Peer {
+                room: room.clone(),
+                role,
+                pc,
+                ufrag,
+                remotes: Vec::new(),
+                queue: VecDeque::new(),
+                in_ready: false,
+                deadline: None,
+                state: ConnectionState::New,
+                sources: HashMap::new(),
+                subscriptions: Vec::new(),
+                offer_outstanding: false,
+                needs_offer: false,
+                has_remote_description: false,
+            },
+        );
+        let r = self.rooms.entry(room.clone()).or_default();
+        match role {
+            Role::Publisher => {
+                if let Some(old) = r.publisher.replace(id) {
+                    self.orphan_sources(now, old);
+                }
+            }
+            Role::Subscriber => {
+                r.subscribers.push(id);
+                let tracks = r.tracks.clone();
+                for track in tracks {
+                    self.subscribe(id, track)?;
+                }
+                if !self.peers[&id].subscriptions.is_empty() {
+                    self.renegotiate(now, id)?;
+                }
+            }
+        }
+        self.process(now, id);
+        Ok(id)
+    }
+
+    /// Applies a host's offer and returns the SDP answer.
+    pub fn handle_offer(&mut self, now: Instant, peer: PeerId, sdp: &str) -> Result<String, SfuError> {
+        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer)?;
+        if p.role != Role::Publisher {
+            return Err(SfuError::WrongRole("only a host sends offers"));
+        }
+        let offer = RTCSessionDescription::offer(sdp.to_owned()).map_err(SfuError::invalid_sdp)?;
+        p.pc
+            .set_remote_description(now, offer)
+            .map_err(SfuError::invalid_sdp)?;
+        p.has_remote_description = true;
+        let answer = p.pc.create_answer(None).map_err(SfuError::invalid_sdp)?;
+        p.pc
+            .set_local_description(now, answer.clone())
+            .map_err(SfuError::invalid_sdp)?;
+        let sdp = p
+            .pc
+            .local_description()
+            .map(|d| d.sdp)
+            .unwrap_or(answer.sdp);
+        self.process(now, peer);
+        Ok(sdp)
+    }
+
+    /// Applies a viewer's answer to the last server offer.
+    pub fn handle_answer(&mut self, now: Instant, peer: PeerId, sdp: &str) -> Result<(), SfuError> {
+        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer)?;
+        if p.role != Role::Subscriber {
+            return Err(SfuError::WrongRole("only a viewer answers server offers"));
+        }
+        if !p.offer_outstanding {
+            return Err(SfuError::NoOfferPending);
+        }
+        let answer =
+            RTCSessionDescription::answer(sdp.to_owned()).map_err(SfuError::invalid_sdp)?;
+        p.pc
+            .set_remote_description(now, answer)
+            .map_err(SfuError::invalid_sdp)?;
+        p.has_remote_description = true;
+        p.offer_outstanding = false;
+        // Payload types are the viewer's choice; relearn them after every negotiation.
+        for sub in &mut p.subscriptions {
+            sub.payload_type = None;
+        }
+        if std::mem::take(&mut p.needs_offer) {
+            self.renegotiate(now, peer)?;
+        }
+        self.process(now, peer);
+        Ok(())
+    }
+
+    /// Adds a trickled remote candidate. An empty candidate string (end of candidates) is
+    /// accepted and ignored: an ICE-lite server needs no remote candidates at all, it learns
+    /// the client's address from its connectivity checks.
+    pub fn handle_candidate(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        candidate: RTCIceCandidateInit,
+    ) -> Result<(), SfuError> {
+        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer)?;
+        if !p.has_remote_description && !p.offer_outstanding {
+            return Err(SfuError::CandidateBeforeDescription);
+        }
+        if candidate.candidate.is_empty() {
+            return Ok(());
+        }
+        if !p.has_remote_description {
+            // A viewer trickling before its answer: nothing to apply yet, and nothing lost
+            // either (ICE-lite learns addresses from the checks themselves).
+            return Ok(());
+        }
+        p.pc
+            .add_remote_candidate(candidate)
+            .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
+        self.process(now, peer);
+        Ok(())
+    }
+
+    /// Removes a peer. A host's tracks stay in the room for [`SfuConfig::track_grace`], so
+    /// a reconnecting host is rebound to them without disturbing viewers.
+    pub fn remove_peer(&mut self, now: Instant, peer: PeerId) {
+        let Some(mut p) = self.peers.remove(&peer) else {
+            return;
+        };
+        let _ = p.pc.close();
+        self.by_ufrag.remove(&p.ufrag);
+        for addr in &p.remotes {
+            if self.by_addr.get(addr) == Some(&peer) {
+                self.by_addr.remove(addr);
+            }
+        }
+        let room_id = p.room.clone();
+        let mut tracks_changed = false;
+        if let Some(room) = self.rooms.get_mut(&room_id) {
+            match p.role {
+                Role::Publisher => {
+                    if room.publisher == Some(peer) {
+                        room.publisher = None;
+                    }
+                    tracks_changed = orphan_tracks(&mut self.tracks, peer, &p.sources, now);
+                }
+                Role::Subscriber => {
+                    room.subscribers.retain(|id| *id != peer);
+                    for sub in &p.subscriptions {
+                        if let Some(track) = self.tracks.get_mut(&sub.track) {
+                            track.subscribers.retain(|id| *id != peer);
+                        }
+                    }
+                }
+            }
+        }
+        if tracks_changed {
+            self.emit_tracks(&room_id);
+        }
+        self.remove_room_if_empty(&room_id);
+    }
+
+    /// Feeds one received datagram.
+    pub fn handle_datagram(&mut self, now: Instant, datagram: Datagram) {
+        self.stats.datagrams_in += 1;
+        let kind = classify(&datagram.payload);
+        let peer = match kind {
+            DatagramKind::Stun => {
+                let by_ufrag = stun_local_ufrag(&datagram.payload)
+                    .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
+                if let Some(peer) = by_ufrag {
+                    self.learn_address(peer, datagram.remote);
+                    Some(peer)
+                } else {
+                    self.by_addr.get(&datagram.remote).copied()
+                }
+            }
+            DatagramKind::Dtls | DatagramKind::Rtp => self.by_addr.get(&datagram.remote).copied(),
+            DatagramKind::Unknown => None,
+        };
+        let Some(peer) = peer else {
+            self.stats.datagrams_unroutable += 1;
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let result = p.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: datagram.local,
+                peer_addr: datagram.remote,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: datagram.payload,
+        });
+        if let Err(err) = result {
+            // Garbage or replayed packets: count and carry on; never fatal for the peer.
+            self.stats.datagrams_rejected += 1;
+            tracing::trace!(%peer, %err, "datagram rejected");
+        }
+        self.process(now, peer);
+    }
+
+    /// Advances every deadline at or before `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            if p.deadline != Some(at) {
+                continue; // stale entry
+            }
+            p.deadline = None;
+            if let Err(err) = p.pc.handle_timeout(now) {
+                tracing::debug!(%peer, %err, "peer timeout handling failed");
+            }
+            self.process(now, peer);
+        }
+        self.handle_track_timers(now);
+    }
+
+    /// The next datagram to send, round-robin across peers.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        while let Some(peer) = self.ready.pop_front() {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                continue;
+            };
+            let Some(transmit) = p.queue.pop_front() else {
+                p.in_ready = false;
+                continue;
+            };
+            if p.queue.is_empty() {
+                p.in_ready = false;
+            } else {
+                self.ready.push_back(peer);
+            }
+            return Some(transmit);
+        }
+        None
+    }
+
+    /// The next event for signaling.
+    pub fn poll_event(&mut self) -> Option<SfuEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest instant at which [`Sfu::handle_timeout`] must be called.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        // Drop stale heap entries so the head is a live deadline.
+        while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
+            if self.peers.get(&peer).is_some_and(|p| p.deadline == Some(at)) {
+                break;
+            }
+            self.timers.pop();
+        }
+        let peer_deadline = self.timers.peek().map(|Reverse((at, _))| *at);
+        let track_deadline = self
+            .tracks
+            .values()
+            .filter_map(|t| self.track_deadline(t))
+            .min();
+        match (peer_deadline, track_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- internals -------------------------------------------------------------------------
+
+    /// Detaches a (replaced) publisher's sources from the room's tracks.
+    fn orphan_sources(&mut self, now: Instant, peer: PeerId) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let sources = std::mem::take(&mut p.sources);
+        let room = p.room.clone();
+        if orphan_tracks(&mut self.tracks, peer, &sources, now) {
+            self.emit_tracks(&room);
+        }
+    }
+
+    fn learn_address(&mut self, peer: PeerId, remote: SocketAddr) {
+        if self.by_addr.insert(remote, peer) == Some(peer) {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&peer)
+            && !p.remotes.contains(&remote)
+        {
+            p.remotes.push(remote);
+        }
+    }
+
+    /// Drains everything a peer connection produced: events, inbound messages (forwarding
+    /// media), outbound datagrams. Then refreshes its deadline.
+    fn process(&mut self, now: Instant, peer: PeerId) {
+        loop {
+            let Some(p) = self.peers.get_mut(&peer) else {
+                return;
+            };
+            if let Some(event) = p.pc.poll_event() {
+                self.on_pc_event(now, peer, event);
+                continue;
+            }
+            if let Some(message) = p.pc.poll_read() {
+                self.on_pc_message(peer, message);
+                continue;
+            }
+            break;
+        }
+        self.flush_peer(peer);
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        let deadline = p.pc.poll_timeout();
+        if deadline != p.deadline {
+            p.deadline = deadline;
+            if let Some(at) = deadline {
+                self.timers.push(Reverse((at, peer)));
+            }
+        }
+    }
+
+    /// Moves a peer connection's outbound datagrams into its bounded queue.
+    fn flush_peer(&mut self, peer: PeerId) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let max = self.config.max_queued_datagrams;
+            enqueue_writes(peer, p, max, &mut self.ready, &mut self.stats);
+        }
+    }
+
+    fn on_pc_event(&mut self, now: Instant, peer: PeerId, event: RTCPeerConnectionEvent) {
+        match event {
+            RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
+                let state = match state {
+                    RTCPeerConnectionState::Connecting => ConnectionState::Connecting,
+                    RTCPeerConnectionState::Connected => ConnectionState::Connected,
+                    RTCPeerConnectionState::Disconnected => ConnectionState::Disconnected,
+                    RTCPeerConnectionState::Failed => ConnectionState::Failed,
+                    RTCPeerConnectionState::Closed => ConnectionState::Closed,
+                    _ => return,
+                };
+                let Some(p) = self.peers.get_mut(&peer) else {
+                    return;
+                };
+                if p.state == state {
+                    return;
+                }
+                p.state = state;
+                if state == ConnectionState::Connected && p.role == Role::Subscriber {
+                    // A viewer that just connected needs a keyframe to show anything.
+                    let video: Vec<TrackId> = p
+                        .subscriptions
+                        .iter()
+                        .filter(|s| s.awaiting_keyframe)
+                        .map(|s| s.track)
+                        .collect();
+                    for track in video {
+                        self.request_keyframe(now, track);
+                    }
+                }
+                self.events.push_back(SfuEvent::Connection { peer, state });
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
+                self.on_source_open(now, peer, init);
+            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnClose(track_id)) => {
+                self.on_source_closed(now, peer, &track_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_pc_message(&mut self, peer: PeerId, message: TaggedRTCMessage) {
+        let now = message.now;
+        match message.message {
+            RTCMessage::RtpPacket(track_id, packet) => {
+                let Some(track) = self
+                    .peers
+                    .get(&peer)
+                    .and_then(|p| p.sources.get(&track_id))
+                    .copied()
+                else {
+                    return;
+                };
+                self.forward(now, peer, track, packet);
+            }
+            RTCMessage::RtcpPacket(_, packets) => {
+                let is_subscriber = self
+                    .peers
+                    .get(&peer)
+                    .is_some_and(|p| p.role == Role::Subscriber);
+                if is_subscriber {
+                    for packet in &packets {
+                        self.on_viewer_rtcp(now, peer, packet.as_ref());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A host track started sending: bind it to a compatible orphaned track of the room, or
+    /// create a new track (and renegotiate every viewer).
+    fn on_source_open(&mut self, now: Instant, peer: PeerId, init: RTCTrackEventInit) {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return;
+        };
+        if p.role != Role::Publisher {
+            return;
+        }
+        let Some(codec) = p
+            .pc
+            .rtp_receiver(init.receiver_id)
+            .and_then(|r| r.track().codec(init.ssrc).cloned())
+            .and_then(Codec::from_rtp)
+        else {
+            tracing::debug!(%peer, "ignoring host track with an unsupported codec");
+            return;
+        };
+        let room_id = p.room.clone();
+        let source = Source {
+            peer,
+            receiver: init.receiver_id,
+            ssrc: init.ssrc,
+        };
+        let room = self.rooms.entry(room_id.clone()).or_default();
+        let reusable = room.tracks.iter().copied().find(|id| {
+            self.tracks
+                .get(id)
+                .is_some_and(|t| t.source.is_none() && t.codec.compatible(&codec))
+        });
+        let track_id = match reusable {
+            Some(id) => {
+                let track = self.tracks.get_mut(&id).expect("room track exists");
+                track.source = Some(source);
+                track.orphaned_at = None;
+                track.rewriter.rebase();
+                id
+            }
+            None => {
+                let id = TrackId(self.next_id);
+                self.next_id += 1;
+                room.tracks.push(id);
+                self.tracks.insert(
+                    id,
+                    Track {
+                        room: room_id.clone(),
+                        codec,
+                        source: Some(source),
+                        rewriter: SourceRewriter::default(),
+                        ring: PacketRing::new(self.config.ring_capacity),
+                        extender: SeqExtender::default(),
+                        subscribers: Vec::new(),
+                        last_keyframe_request: None,
+                        keyframe_request_pending: false,
+                        orphaned_at: None,
+                    },
+                );
+                let viewers = room.subscribers.clone();
+                for viewer in viewers {
+                    if self.subscribe(viewer, id).is_ok() {
+                        let _ = self.renegotiate(now, viewer);
+                        self.flush_peer(viewer);
+                    }
+                }
+                id
+            }
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.sources.insert(init.track_id, track_id);
+        }
+        // Viewers already watching need a keyframe from the new source right away.
+        if self.tracks[&track_id].codec.kind == MediaKind::Video {
+            self.request_keyframe(now, track_id);
+        }
+        self.emit_tracks(&room_id);
+    }
+
+    fn on_source_closed(&mut self, now: Instant, peer: PeerId, track_id: &str) {
+        let Some(track) = self
+            .peers
+            .get_mut(&peer)
+            .and_then(|p| p.sources.remove(track_id))
+        else {
+            return;
+        };
+        let Some(t) = self.tracks.get_mut(&track) else {
+            return;
+        };
+        if t.source.as_ref().is_some_and(|s| s.peer == peer) {
+            t.source = None;
+            t.orphaned_at = Some(now);
+            let room = t.room.clone();
+            self.emit_tracks(&room);
+        }
+    }
+
+    /// The hot path: one inbound packet, rewritten and stored once, sent to every viewer.
+    fn forward(&mut self, now: Instant, from: PeerId, track_id: TrackId, packet: rtp::Packet) {
+        let Self {
+            tracks,
+            peers,
+            stats,
+            ready,
+            config,
+            ..
+        } = self;
+        let Some(track) = tracks.get_mut(&track_id) else {
+            return;
+        };
+        if track
+            .source
+            .as_ref()
+            .is_none_or(|s| s.peer != from || s.ssrc != packet.header.ssrc)
+        {
+            return; // a replaced source's stragglers after a switch
+        }
+        stats.packets_in += 1;
+        let clock_rate = track.codec.rtp.clock_rate;
+        let Some((seq, timestamp)) = track.rewriter.rewrite(
+            now,
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            clock_rate,
+        ) else {
+            return;
+        };
+        let keyframe = track
+            .codec
+            .video
+            .is_some_and(|codec| starts_keyframe(codec, &packet.payload));
+        let stored = StoredPacket {
+            seq: track.extender.extend(seq),
+            timestamp,
+            marker: packet.header.marker,
+            payload: packet.payload,
+        };
+        for viewer in &track.subscribers {
+            let Some(p) = peers.get_mut(viewer) else {
+                continue;
+            };
+            if p.state != ConnectionState::Connected {
+                continue;
+            }
+            let Some(sub) = p.subscriptions.iter_mut().find(|s| s.track == track_id) else {
+                continue;
+            };
+            if sub.awaiting_keyframe {
+                if !keyframe {
+                    continue;
+                }
+                sub.awaiting_keyframe = false;
+            }
+            if send_to_viewer(now, &mut p.pc, sub, &track.codec, &stored).is_ok() {
+                stats.packets_forwarded += 1;
+                stats.bytes_forwarded += stored.payload.len() as u64;
+            }
+            enqueue_writes(*viewer, p, config.max_queued_datagrams, ready, stats);
+        }
+        track.ring.insert(stored);
+    }
+
+    fn on_viewer_rtcp(&mut self, now: Instant, peer: PeerId, packet: &dyn rtcp::Packet) {
+        let any = packet.as_any();
+        if let Some(nack) = any.downcast_ref::<TransportLayerNack>() {
+            self.stats.nacks_received += 1;
+            self.retransmit(now, peer, nack);
+        } else if let Some(pli) = any.downcast_ref::<PictureLossIndication>() {
+            if let Some(track) = self.track_of_viewer_ssrc(peer, pli.media_ssrc) {
+                self.stats.keyframe_requests_received += 1;
+                self.request_keyframe(now, track);
+            }
+        } else if let Some(fir) = any.downcast_ref::<FullIntraRequest>() {
+            let ssrc = fir.fir.first().map_or(fir.media_ssrc, |e| e.ssrc);
+            if let Some(track) = self.track_of_viewer_ssrc(peer, ssrc) {
+                self.stats.keyframe_requests_received += 1;
+                self.request_keyframe(now, track);
+            }
+        }
+    }
+
+    fn track_of_viewer_ssrc(&self, peer: PeerId, ssrc: u32) -> Option<TrackId> {
+        self.peers
+            .get(&peer)?
+            .subscriptions
+            .iter()
+            .find(|s| s.ssrc == ssrc)
+            .map(|s| s.track)
+    }
+
+    /// Answers a viewer's NACK from the track's ring (RFC 4585 §6.2.1).
+    fn retransmit(&mut self, now: Instant, peer: PeerId, nack: &TransportLayerNack) {
+        let Self {
+            tracks,
+            peers,
+            stats,
+            ready,
+            config,
+            ..
+        } = self;
+        let Some(p) = peers.get_mut(&peer) else {
+            return;
+        };
+        let Some(sub) = p
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.ssrc == nack.media_ssrc)
+        else {
+            return;
+        };
+        let Some(track) = tracks.get(&sub.track) else {
+            return;
+        };
+        let mut budget = config.max_retransmissions_per_nack;
+        'pairs: for pair in &nack.nacks {
+            for seq in pair.packet_list() {
+                if budget == 0 {
+                    break 'pairs;
+                }
+                budget -= 1;
+                let extended = track.extender.peek(seq);
+                match track.ring.get(extended) {
+                    Some(stored) => {
+                        if send_to_viewer(now, &mut p.pc, sub, &track.codec, stored).is_ok() {
+                            stats.retransmissions += 1;
+                        }
+                    }
+                    None => stats.retransmissions_missed += 1,
+                }
+            }
+        }
+        enqueue_writes(peer, p, config.max_queued_datagrams, ready, stats);
+    }
+
+    /// Asks the track's host for a keyframe, at most once per `keyframe_request_interval`;
+    /// requests in between are coalesced into one at the end of the interval.
+    fn request_keyframe(&mut self, now: Instant, track_id: TrackId) {
+        let interval = self.config.keyframe_request_interval;
+        let Some(track) = self.tracks.get_mut(&track_id) else {
+            return;
+        };
+        if track.codec.kind != MediaKind::Video {
+            return;
+        }
+        let due = track
+            .last_keyframe_request
+            .is_none_or(|last| now.duration_since(last) >= interval);
+        if !due {
+            track.keyframe_request_pending = true;
+            return;
+        }
+        let Some(source) = &track.source else {
+            track.keyframe_request_pending = true; // ask the next source once bound
+            return;
+        };
+        track.last_keyframe_request = Some(now);
+        track.keyframe_request_pending = false;
+        let (host, receiver, ssrc) = (source.peer, source.receiver, source.ssrc);
+        let Some(p) = self.peers.get_mut(&host) else {
+            return;
+        };
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+        };
+        if let Some(mut r) = p.pc.rtp_receiver(receiver)
+            && r.write_rtcp(now, vec![Box::new(pli)]).is_ok()
+        {
+            self.stats.keyframe_requests_sent += 1;
+        }
+        self.flush_peer(host);
+    }
+
+    fn track_deadline(&self, track: &Track) -> Option<Instant> {
+        let keyframe = (track.keyframe_request_pending && track.source.is_some())
+            .then(|| {
+                track
+                    .last_keyframe_request
+                    .map(|last| last + self.config.keyframe_request_interval)
+            })
+            .flatten();
+        let expiry = track.orphaned_at.map(|at| at + self.config.track_grace);
+        match (keyframe, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn handle_track_timers(&mut self, now: Instant) {
+        let due: Vec<TrackId> = self
+            .tracks
+            .iter()
+            .filter(|(_, t)| self.track_deadline(t).is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let expired = self.tracks.get(&id).is_some_and(|t| {
+                t.orphaned_at
+                    .is_some_and(|at| now.duration_since(at) >= self.config.track_grace)
+            });
+            if expired {
+                self.remove_track(now, id);
+            } else {
+                self.request_keyframe(now, id);
+            }
+        }
+    }
+
+    /// Removes a track whose source never came back, renegotiating its viewers.
+    fn remove_track(&mut self, now: Instant, id: TrackId) {
+        let Some(track) = self.tracks.remove(&id) else {
+            return;
+        };
+        if let Some(room) = self.rooms.get_mut(&track.room) {
+            room.tracks.retain(|t| *t != id);
+        }
+        for viewer in &track.subscribers {
+            let Some(p) = self.peers.get_mut(viewer) else {
+                continue;
+            };
+            if let Some(index) = p.subscriptions.iter().position(|s| s.track == id) {
+                let sub = p.subscriptions.remove(index);
+                let _ = p.pc.remove_track(sub.sender);
+                let _ = self.renegotiate(now, *viewer);
+                self.flush_peer(*viewer);
+            }
+        }
+        self.emit_tracks(&track.room);
+        self.remove_room_if_empty(&track.room);
+    }
+
+    /// Adds a sender for `track` to a viewer's peer connection (negotiation comes after).
+    fn subscribe(&mut self, viewer: PeerId, track_id: TrackId) -> Result<(), SfuError> {
+        let track = self.tracks.get_mut(&track_id).ok_or(SfuError::UnknownPeer)?;
+        let p = self.peers.get_mut(&viewer).ok_or(SfuError::UnknownPeer)?;
+        let ssrc = rand::random::<u32>();
+        let kind = match track.codec.kind {
+            MediaKind::Audio => RtpCodecKind::Audio,
+            MediaKind::Video => RtpCodecKind::Video,
+        };
+        // One stream per room for all of its tracks, so browsers lip-sync audio and video.
+        let stream_id = format!("marquee-{}", track.room);
+        let local = MediaStreamTrack::new(
+            stream_id,
+            track_id.to_string(),
+            track_id.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: track.codec.rtp.clone(),
+                ..Default::default()
+            }],
+        );
+        let sender = p.pc.add_track(local).map_err(SfuError::internal)?;
+        p.subscriptions.push(Subscription {
+            track: track_id,
+            sender,
+            ssrc,
+            payload_type: None,
+            awaiting_keyframe: track.codec.kind == MediaKind::Video,
+        });
+        track.subscribers.push(viewer);
+        Ok(())
+    }
+
+    /// Sends a viewer a fresh offer, or remembers to once its outstanding offer is answered.
+    fn renegotiate(&mut self, now: Instant, viewer: PeerId) -> Result<(), SfuError> {
+        let p = self.peers.get_mut(&viewer).ok_or(SfuError::UnknownPeer)?;
+        if p.offer_outstanding {
+            p.needs_offer = true;
+            return Ok(());
+        }
+        let offer = p.pc.create_offer(None).map_err(SfuError::internal)?;
+        p.pc
+            .set_local_description(now, offer.clone())
+            .map_err(SfuError::internal)?;
+        let sdp = p.pc.local_description().map(|d| d.sdp).unwrap_or(offer.sdp);
+        p.offer_outstanding = true;
+        self.events.push_back(SfuEvent::Offer { peer: viewer, sdp });
+        Ok(())
+    }
+
+    fn emit_tracks(&mut self, room: &RoomId) {
+        let tracks = self.tracks(room);
+        self.events.push_back(SfuEvent::Tracks {
+            room: room.clone(),
+            tracks,
+        });
+    }
+
+    fn remove_room_if_empty(&mut self, room: &RoomId) {
+        if self.rooms.get(room).is_some_and(|r| {
+            r.publisher.is_none() && r.subscribers.is_empty() && r.tracks.is_empty()
+        }) {
+            self.rooms.remove(room);
+        }
+    }
+}
+
+/// Marks the tracks fed by `peer`'s `sources` as orphaned; true if any was.
+fn orphan_tracks(
+    tracks: &mut HashMap<TrackId, Track>,
+    peer: PeerId,
+    sources: &HashMap<String, TrackId>,
+    now: Instant,
+) -> bool {
+    let mut changed = false;
+    for id in sources.values() {
+        if let Some(track) = tracks.get_mut(id)
+            && track.source.as_ref().is_some_and(|s| s.peer == peer)
+        {
+            track.source = None;
+            track.orphaned_at = Some(now);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Writes one stored packet to one viewer: only SSRC and payload type differ per viewer.
+fn send_to_viewer(
+    now: Instant,
+    pc: &mut RTCPeerConnection,
+    sub: &mut Subscription,
+    codec: &Codec,
+    stored: &StoredPacket,
+) -> Result<(), SfuError> {
+    let payload_type = match sub.payload_type {
+        Some(pt) => pt,
+        None => {
+            let mut sender = pc.rtp_sender(sub.sender).ok_or(SfuError::UnknownPeer)?;
+            let pt = sender
+                .get_parameters()
+                .rtp_parameters
+                .codecs
+                .iter()
+                .find(|c| Codec::from_rtp(c.rtp_codec.clone()).is_some_and(|c| codec.compatible(&c)))
+                .map(|c| c.payload_type)
+                .ok_or_else(|| SfuError::Internal("viewer did not negotiate the track's codec".into()))?;
+            sub.payload_type = Some(pt);
+            pt
+        }
+    };
+    let packet = rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            marker: stored.marker,
+            payload_type,
+            sequence_number: stored.seq as u16,
+            timestamp: stored.timestamp,
+            ssrc: sub.ssrc,
+            ..Default::default()
+        },
+        payload: stored.payload.clone(),
+    };
+    let mut sender = pc.rtp_sender(sub.sender).ok_or(SfuError::UnknownPeer)?;
+    sender
+        .write_rtp(now, packet)
+        .map_err(|e| SfuError::Internal(e.to_string()))
+}
+
+/// Moves a peer connection's pending writes into the peer's bounded queue; a full queue
+/// drops (and counts) the datagram instead of growing.
+fn enqueue_writes(
+    peer: PeerId,
+    p: &mut Peer,
+    max_queued: usize,
+    ready: &mut VecDeque<PeerId>,
+    stats: &mut SfuStats,
+) {
+    while let Some(out) = p.pc.poll_write() {
+        if p.queue.len() >= max_queued {
+            stats.datagrams_dropped += 1;
+            continue;
+        }
+        p.queue.push_back(Transmit {
+            local: out.transport.local_addr,
+            remote: out.transport.peer_addr,
+            payload: out.message,
+        });
+    }
+    if !p.queue.is_empty() && !p.in_ready {
+        p.in_ready = true;
+        ready.push_back(peer);
+    }
+}
+
+/// ICE credentials: RFC 8445 §5.3 wants at least 24 bits of randomness in the ufrag and 128 in
+/// the password; alphanumerics keep them SDP-safe.
+fn random_token(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}

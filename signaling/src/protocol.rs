@@ -1,0 +1,350 @@
+//! The WebSocket JSON protocol, version [`PROTOCOL_VERSION`].
+//!
+//! These types are the source of truth: `docs/protocol.md` shows one example of each, the
+//! web demo speaks them, and test clients (and later `loadtest`) use them directly.
+//!
+//! Conventions (GUIDE §5): every message is an object with a `"type"` tag; fields are
+//! camelCase; unknown fields are ignored; an unknown `type` gets an [`ErrorCode::UnknownType`]
+//! error and the connection stays open.
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this server speaks. A `join` carrying another version is refused
+/// with [`ErrorCode::UnsupportedVersion`] so that old clients fail loudly, not subtly.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Default largest text message the server accepts, in bytes. A larger message is answered
+/// with [`ErrorCode::MessageTooLarge`] and dropped; the connection stays open.
+/// 64 KiB holds the largest realistic SDP (a dozen m-lines with simulcast) several times over.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// What a participant does in a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// Publishes camera, microphone or screen. One per room.
+    Host,
+    /// Receives everything the host publishes.
+    Viewer,
+}
+
+/// Kind of a media track.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MediaKind {
+    Audio,
+    Video,
+}
+
+/// A trickled ICE candidate, shaped like the browser's `RTCIceCandidateInit`.
+/// An empty `candidate` string means end of candidates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IceCandidate {
+    pub candidate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_mid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sdp_m_line_index: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_fragment: Option<String>,
+}
+
+/// Messages a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    /// First message of a session. A host without `room` creates a new room with a fresh
+    /// short code; a host with `room` creates that room or takes it over when it has no host
+    /// (or when `hostKey` matches, which evicts a stale session of the same host).
+    /// A viewer must name an existing room.
+    Join {
+        version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<String>,
+        #[serde(default)]
+        name: String,
+        role: Role,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_key: Option<String>,
+    },
+    /// An SDP offer from the client: how a host publishes (and republishes) its tracks.
+    Offer { sdp: String },
+    /// The client's SDP answer to a server [`ServerMessage::Offer`].
+    Answer { sdp: String },
+    /// A trickled ICE candidate of the client.
+    Candidate { candidate: IceCandidate },
+    /// Leave the room; the WebSocket stays open and may `join` again.
+    Leave {},
+    /// Liveness probe; answered by `pong` with the same `id`.
+    Ping {
+        #[serde(default)]
+        id: u64,
+    },
+}
+
+/// Messages the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum ServerMessage {
+    /// Answer to `join`.
+    Joined {
+        version: u32,
+        room: String,
+        peer_id: String,
+        role: Role,
+        /// Only to the host: present it on a later `join` to take the room over from a stale
+        /// session (a host whose old connection has not timed out yet).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host_key: Option<String>,
+        /// Documented limits the client must respect.
+        limits: Limits,
+    },
+    /// A server-made offer: sent to viewers on join and whenever the room's tracks change.
+    Offer { sdp: String },
+    /// The server's answer to a client `offer`.
+    Answer { sdp: String },
+    /// Snapshot of the room, sent on join and whenever it changes.
+    RoomState(RoomState),
+    /// Media connection progress of this session's own peer connection.
+    MediaState { state: MediaState },
+    /// Answer to `ping`.
+    Pong { id: u64 },
+    /// Something went wrong; see [`ErrorCode`].
+    Error(ErrorBody),
+}
+
+/// The documented limits of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Limits {
+    pub max_message_bytes: usize,
+}
+
+/// Snapshot of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomState {
+    pub room: String,
+    /// True while the host is connected and publishing at least one track.
+    pub live: bool,
+    pub participants: Vec<Participant>,
+    pub tracks: Vec<TrackInfo>,
+    pub viewer_count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Participant {
+    pub peer_id: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// One published track, as viewers see it (stable across host reconnects).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrackInfo {
+    pub id: String,
+    pub kind: MediaKind,
+    /// True while a host source feeds this track.
+    pub active: bool,
+}
+
+/// State of a session's media connection, as the server sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum MediaState {
+    Connecting,
+    Connected,
+    Disconnected,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Stable, machine-readable error codes. Clients branch on these; the text is for humans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message was not valid JSON, or a known type had missing or mistyped fields.
+    BadMessage,
+    /// The `type` is not one this server knows.
+    UnknownType,
+    /// The message exceeded `limits.maxMessageBytes`; it was dropped.
+    MessageTooLarge,
+    /// `join.version` is not [`PROTOCOL_VERSION`].
+    UnsupportedVersion,
+    /// A message other than `join`/`ping` arrived before `join`.
+    NotJoined,
+    /// `join` arrived while already in a room; send `leave` first.
+    AlreadyJoined,
+    /// The room code is malformed.
+    InvalidRoom,
+    /// A viewer asked for a room that does not exist.
+    RoomNotFound,
+    /// A host joined a room that already has a connected host.
+    HostAlreadyPresent,
+    /// The SDP could not be parsed or negotiated.
+    InvalidSdp,
+    /// The message is not allowed for this role (e.g. a viewer sending an offer).
+    NotAllowed,
+    /// A candidate arrived before any offer/answer was exchanged.
+    CandidateBeforeOffer,
+    /// The candidate string could not be parsed or applied.
+    InvalidCandidate,
+    /// An `answer` arrived with no server offer outstanding.
+    NoOfferPending,
+    /// The server is at a configured capacity limit.
+    Full,
+    /// The server is shutting down; reconnect elsewhere or later.
+    ShuttingDown,
+    /// A bug or an unexpected internal failure; the session continues where possible.
+    Internal,
+}
+
+impl ServerMessage {
+    /// Convenience constructor for [`ServerMessage::Error`].
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerMessage::Error(ErrorBody {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+/// Why an incoming text frame could not become a [`ClientMessage`].
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("unknown message type {0:?}")]
+    UnknownType(String),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+impl DecodeError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            DecodeError::TooLarge { .. } => ErrorCode::MessageTooLarge,
+            DecodeError::UnknownType(_) => ErrorCode::UnknownType,
+            DecodeError::Malformed(_) => ErrorCode::BadMessage,
+        }
+    }
+}
+
+/// Parses one text frame, telling an unknown `type` apart from a malformed known one so the
+/// client gets the precise error code.
+pub fn decode_client_message(text: &str, limit: usize) -> Result<ClientMessage, DecodeError> {
+    if text.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: text.len(),
+            limit,
+        });
+    }
+    match serde_json::from_str::<ClientMessage>(text) {
+        Ok(message) => Ok(message),
+        Err(err) => {
+            // Re-parse loosely only on the error path to classify the failure.
+            let value: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            match value.get("type").and_then(|t| t.as_str()) {
+                Some(t) if !KNOWN_CLIENT_TYPES.contains(&t) => {
+                    Err(DecodeError::UnknownType(truncate(t, 64)))
+                }
+                None => Err(DecodeError::Malformed(
+                    "expected an object with a string \"type\"".into(),
+                )),
+                Some(_) => Err(DecodeError::Malformed(err.to_string())),
+            }
+        }
+    }
+}
+
+const KNOWN_CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "leave", "ping"];
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_round_trips_in_camel_case() {
+        let text = r#"{"type":"join","version":1,"room":"ABCD","name":"Ann","role":"viewer","extra":true}"#;
+        let msg = decode_client_message(text, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
+        assert_eq!(
+            msg,
+            ClientMessage::Join {
+                version: 1,
+                room: Some("ABCD".into()),
+                name: "Ann".into(),
+                role: Role::Viewer,
+                host_key: None
+            }
+        );
+        let candidate = ClientMessage::Candidate {
+            candidate: IceCandidate {
+                candidate: "candidate:1 1 udp 1 1.2.3.4 5 typ host".into(),
+                sdp_mid: Some("0".into()),
+                sdp_m_line_index: Some(0),
+                username_fragment: None,
+            },
+        };
+        let json = serde_json::to_string(&candidate).unwrap();
+        assert!(json.contains("\"sdpMLineIndex\":0"), "{json}");
+    }
+
+    #[test]
+    fn errors_are_classified() {
+        let limit = DEFAULT_MAX_MESSAGE_BYTES;
+        assert!(matches!(
+            decode_client_message("{nope", limit),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_client_message(r#"{"type":"dance"}"#, limit),
+            Err(DecodeError::UnknownType(t)) if t == "dance"
+        ));
+        assert!(matches!(
+            decode_client_message(r#"{"type":"offer"}"#, limit),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(matches!(
+            decode_client_message("[1,2]", limit),
+            Err(DecodeError::Malformed(_))
+        ));
+        let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(limit));
+        assert_eq!(
+            decode_client_message(&big, limit).unwrap_err().code(),
+            ErrorCode::MessageTooLarge
+        );
+    }
+
+    #[test]
+    fn server_error_serializes_flat() {
+        let json = serde_json::to_string(&ServerMessage::error(ErrorCode::RoomNotFound, "nope"))
+            .unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"error","code":"room_not_found","message":"nope"}"#
+        );
+        let state = ServerMessage::RoomState(RoomState {
+            room: "AB".into(),
+            live: false,
+            participants: vec![],
+            tracks: vec![],
+            viewer_count: 0,
+        });
+        let json = serde_json::to_string(&state).unwrap();
+        assert!(json.starts_with(r#"{"type":"roomState","room":"AB""#), "{json}");
+    }
+}

@@ -1,0 +1,414 @@
+// Host page: publish camera or screen (plus microphone) to the room.
+//
+// Flow (docs/protocol.md, "Host publish"): open the WebSocket, send `join` as host
+// (with `room` from ?room= and the `hostKey` remembered for that room, so a reload
+// takes the room back), then offer sendonly audio+video and apply the server's
+// `answer`. Switching camera <-> screen replaces the video track in its sender and
+// never renegotiates. A lost WebSocket or a failed peer connection starts a new
+// session; the local camera keeps running meanwhile.
+import { Signaling } from './signaling.js';
+import { initTv } from './tv.js';
+
+initTv();
+
+const $ = (id) => document.getElementById(id);
+const ui = {
+  conn: $('conn'), preview: $('preview'), previewEmpty: $('preview-empty'), liveBadge: $('live-badge'),
+  name: $('name'), camera: $('source-camera'), screen: $('source-screen'),
+  start: $('start'), stop: $('stop'), mute: $('mute'),
+  share: $('share'), roomCode: $('room-code'), shareLink: $('share-link'), copy: $('copy'),
+  viewerCount: $('viewer-count'), mediaState: $('media-state'), error: $('error'), status: $('status'),
+};
+
+/** A peer connection that stays `disconnected` this long is treated as failed. */
+const DISCONNECTED_GRACE_MS = 5_000;
+/** Errors after which retrying cannot help: stop and tell the person. */
+const FATAL_CODES = new Set(['host_already_present', 'unsupported_version', 'invalid_room', 'not_allowed', 'invalid_sdp']);
+/** Errors that mean "try again later", with the delay to wait. */
+const RETRY_CODES = { full: 15_000, shutting_down: 3_000 };
+
+const CONN_TEXT = { idle: 'Offline', connecting: 'Connecting…', open: 'Connected', closed: 'Reconnecting…' };
+const params = new URLSearchParams(location.search);
+const state = {
+  /** The person wants to be live: reconnects re-join and re-publish while this holds. */
+  wantLive: false,
+  room: params.get('room')?.trim() || null,
+  peerId: null,
+  source: 'camera',
+  ws: 'idle',
+  pc: 'new',
+  media: null,
+  live: false,
+  viewerCount: 0,
+  micMuted: false,
+  error: null,
+};
+
+const signaling = new Signaling();
+let pc = null;
+let audioSender = null;
+let videoSender = null;
+let mic = null;
+let video = null;
+let pendingCandidates = [];
+let offerSent = false;
+let disconnectTimer = null;
+let failures = 0;
+
+// Debug hooks for tests and the console.
+window.marquee = {
+  state,
+  signaling,
+  get pc() { return pc; },
+  get videoTrack() { return video; },
+  get audioTrack() { return mic; },
+};
+
+// ---- UI wiring -------------------------------------------------------------------
+
+ui.name.value = localStorage.getItem('marquee.name') || ui.name.value;
+ui.name.addEventListener('change', () => localStorage.setItem('marquee.name', ui.name.value.trim()));
+ui.camera.addEventListener('click', () => chooseSource('camera'));
+ui.screen.addEventListener('click', () => chooseSource('screen'));
+ui.start.addEventListener('click', start);
+ui.stop.addEventListener('click', stop);
+ui.mute.addEventListener('click', () => {
+  state.micMuted = !state.micMuted;
+  if (mic) mic.enabled = !state.micMuted;
+  render();
+});
+ui.copy.addEventListener('click', async () => {
+  try {
+    await navigator.clipboard.writeText(ui.shareLink.value);
+    ui.copy.textContent = 'Copied';
+  } catch {
+    // Clipboard needs a secure context; selecting lets the person copy by hand.
+    ui.shareLink.select();
+    ui.copy.textContent = 'Selected';
+  }
+  setTimeout(() => { ui.copy.textContent = 'Copy'; }, 1500);
+});
+if (state.room) showShare(state.room);
+if (!navigator.mediaDevices) {
+  showError('Camera and screen capture need a secure page: open it over HTTPS or on localhost.');
+  ui.start.disabled = true;
+}
+render();
+
+// ---- Signaling -------------------------------------------------------------------
+
+signaling.addEventListener('statechange', (e) => {
+  state.ws = e.detail.state;
+  render();
+});
+
+signaling.addEventListener('open', () => {
+  if (state.wantLive) sendJoin();
+});
+
+signaling.addEventListener('close', () => {
+  // The server ended our session with the socket; a new one starts on reopen.
+  closePc();
+  state.live = false;
+  state.media = null;
+  render();
+});
+
+signaling.addEventListener('joined', (e) => {
+  const msg = e.detail;
+  state.room = msg.room;
+  state.peerId = msg.peerId;
+  if (msg.hostKey) sessionStorage.setItem(hostKeyItem(msg.room), msg.hostKey);
+  // Keep the code in the address so a reload takes the same room back.
+  const url = new URL(location.href);
+  url.searchParams.set('room', msg.room);
+  history.replaceState(null, '', url);
+  showShare(msg.room);
+  clearError();
+  publish().catch((err) => fail(`Could not start publishing: ${err.message}`));
+});
+
+signaling.addEventListener('answer', async (e) => {
+  if (!pc || pc.signalingState !== 'have-local-offer') {
+    console.warn('[host] ignoring answer in state', pc?.signalingState);
+    return;
+  }
+  try {
+    await pc.setRemoteDescription({ type: 'answer', sdp: e.detail.sdp });
+  } catch (err) {
+    fail(`The server's answer was not usable: ${err.message}`);
+  }
+});
+
+signaling.addEventListener('roomState', (e) => {
+  state.live = e.detail.live;
+  state.viewerCount = e.detail.viewerCount;
+  render();
+});
+
+signaling.addEventListener('mediaState', (e) => {
+  state.media = e.detail.state;
+  if (state.media === 'connected') failures = 0;
+  render();
+});
+
+signaling.addEventListener('error', (e) => {
+  const { code, message } = e.detail;
+  console.warn('[host] server error', code, message);
+  if (FATAL_CODES.has(code)) {
+    const text = code === 'host_already_present'
+      ? `Event ${state.room} already has a host (is it open in another tab?).`
+      : `${message} (${code})`;
+    stop();
+    showError(text);
+  } else if (code in RETRY_CODES) {
+    showError(`${message} (${code}). Retrying…`);
+    closePc();
+    signaling.restart(RETRY_CODES[code]);
+  } else {
+    showError(`${message} (${code})`);
+  }
+});
+
+function sendJoin() {
+  const room = state.room;
+  signaling.join({
+    role: 'host',
+    name: ui.name.value.trim(),
+    room: room || undefined,
+    hostKey: room ? sessionStorage.getItem(hostKeyItem(room)) || undefined : undefined,
+  });
+}
+
+function hostKeyItem(room) {
+  return `marquee.hostKey.${room}`;
+}
+
+// ---- Going live --------------------------------------------------------------------
+
+async function start() {
+  clearError();
+  ui.start.disabled = true;
+  try {
+    await ensureMedia();
+  } catch (err) {
+    ui.start.disabled = false;
+    showError(`Could not open the ${state.source}: ${err.message}`);
+    return;
+  }
+  state.wantLive = true;
+  ui.start.disabled = false;
+  if (signaling.state === 'open') sendJoin();
+  else signaling.start();
+  render();
+}
+
+function stop() {
+  state.wantLive = false;
+  signaling.leave();
+  signaling.stop();
+  closePc();
+  stopMedia();
+  state.live = false;
+  state.media = null;
+  state.viewerCount = 0;
+  render();
+}
+
+async function publish() {
+  closePc();
+  pc = new RTCPeerConnection();
+  offerSent = false;
+  pendingCandidates = [];
+  const stream = new MediaStream([mic, video].filter(Boolean));
+  // Both transceivers always exist, even without a track, so that switching sources or
+  // (un)plugging the microphone never needs a new offer.
+  audioSender = pc.addTransceiver(mic ?? 'audio', { direction: 'sendonly', streams: [stream] }).sender;
+  videoSender = pc.addTransceiver(video ?? 'video', { direction: 'sendonly', streams: [stream] }).sender;
+
+  const mine = pc;
+  pc.onicecandidate = (e) => {
+    if (mine !== pc || !e.candidate) return;
+    if (offerSent) signaling.candidate(e.candidate);
+    else pendingCandidates.push(e.candidate);
+  };
+  pc.onconnectionstatechange = () => {
+    if (mine !== pc) return;
+    state.pc = pc.connectionState;
+    onPcState(pc.connectionState);
+    render();
+  };
+
+  await pc.setLocalDescription(await pc.createOffer());
+  if (mine !== pc) return;
+  signaling.offer(pc.localDescription.sdp);
+  // Candidates only after the offer: the server refuses them before (candidate_before_offer).
+  offerSent = true;
+  for (const c of pendingCandidates) signaling.candidate(c);
+  pendingCandidates = [];
+  state.pc = pc.connectionState;
+  render();
+}
+
+function onPcState(s) {
+  clearTimeout(disconnectTimer);
+  if (s === 'connected') {
+    failures = 0;
+  } else if (s === 'failed') {
+    restartSession('Media connection failed');
+  } else if (s === 'disconnected') {
+    disconnectTimer = setTimeout(() => restartSession('Media connection lost'), DISCONNECTED_GRACE_MS);
+  }
+}
+
+/** Ends this session and starts a new one (re-join, re-offer), backing off on repeats. */
+function restartSession(why) {
+  if (!state.wantLive) return;
+  const delay = Math.min(10_000, 1_000 * 2 ** failures++);
+  state.error = `${why}; reconnecting in ${Math.round(delay / 1000)} s…`;
+  closePc();
+  signaling.restart(delay);
+  render();
+}
+
+function closePc() {
+  clearTimeout(disconnectTimer);
+  if (pc) {
+    pc.onicecandidate = pc.onconnectionstatechange = null;
+    pc.close();
+  }
+  pc = null;
+  audioSender = videoSender = null;
+  state.pc = 'new';
+}
+
+// ---- Local media -------------------------------------------------------------------
+
+async function chooseSource(source) {
+  if (source === state.source && video) return;
+  clearError();
+  let track;
+  try {
+    track = await openVideo(source);
+  } catch (err) {
+    // Cancelling the screen picker lands here: keep what we had.
+    showError(`Could not open the ${source}: ${err.message}`);
+    return;
+  }
+  state.source = source;
+  await setVideoTrack(track);
+  render();
+}
+
+async function ensureMedia() {
+  if (!mic) {
+    try {
+      mic = (await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      })).getAudioTracks()[0];
+      mic.enabled = !state.micMuted;
+    } catch (err) {
+      // Going live without sound beats not going live; the audio sender stays empty.
+      console.warn('[host] no microphone:', err);
+      showError(`No microphone (${err.message}); going live without sound.`);
+    }
+    if (audioSender && mic) await audioSender.replaceTrack(mic);
+  }
+  if (!video) await setVideoTrack(await openVideo(state.source));
+}
+
+async function openVideo(source) {
+  let track;
+  if (source === 'screen') {
+    const stream = await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: { ideal: 30 } }, audio: false });
+    track = stream.getVideoTracks()[0];
+    track.contentHint = 'detail';
+  } else {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      video: { width: { ideal: 1280 }, height: { ideal: 720 }, frameRate: { ideal: 30 } },
+    });
+    track = stream.getVideoTracks()[0];
+    track.contentHint = 'motion';
+  }
+  return track;
+}
+
+async function setVideoTrack(track) {
+  const old = video;
+  video = track;
+  // Same sender, new source: no renegotiation, viewers just see the new picture.
+  if (videoSender) await videoSender.replaceTrack(track);
+  if (old && old !== track) old.stop();
+  if (track) {
+    track.addEventListener('ended', () => {
+      // The browser's "Stop sharing" button ends a screen track: fall back to the camera.
+      if (video === track && state.source === 'screen') chooseSource('camera');
+    });
+  }
+  ui.preview.srcObject = track ? new MediaStream([track]) : null;
+  ui.preview.play().catch(() => {});
+}
+
+function stopMedia() {
+  mic?.stop();
+  video?.stop();
+  mic = video = null;
+  ui.preview.srcObject = null;
+}
+
+// ---- Rendering -----------------------------------------------------------------------
+
+function showShare(room) {
+  ui.share.hidden = false;
+  ui.roomCode.textContent = room;
+  ui.shareLink.value = new URL(`watch.html?room=${encodeURIComponent(room)}`, location.href).href;
+}
+
+function showError(text) {
+  state.error = text;
+  render();
+}
+
+function clearError() {
+  state.error = null;
+  render();
+}
+
+function fail(text) {
+  console.error('[host]', text);
+  showError(text);
+}
+
+function render() {
+  let conn = state.ws;
+  let text = CONN_TEXT[state.ws];
+  if (state.ws === 'closed' && signaling.retryInMs) {
+    text = `Reconnecting in ${Math.max(1, Math.round(signaling.retryInMs / 1000))} s…`;
+  }
+  if (state.ws === 'open' && state.wantLive) {
+    if (state.live && state.pc === 'connected') {
+      conn = 'live';
+      text = 'Live';
+    } else {
+      conn = 'connecting';
+      text = 'Going live…';
+    }
+  }
+  ui.conn.dataset.state = conn;
+  ui.conn.textContent = text;
+
+  ui.start.hidden = state.wantLive;
+  ui.stop.hidden = !state.wantLive;
+  ui.mute.disabled = !mic;
+  ui.mute.setAttribute('aria-pressed', String(state.micMuted));
+  ui.mute.textContent = state.micMuted ? 'Unmute mic' : 'Mute mic';
+  ui.camera.setAttribute('aria-pressed', String(state.source === 'camera'));
+  ui.screen.setAttribute('aria-pressed', String(state.source === 'screen'));
+  ui.previewEmpty.hidden = Boolean(video);
+  ui.liveBadge.hidden = !(state.wantLive && state.live);
+  ui.viewerCount.textContent = String(state.viewerCount);
+  ui.mediaState.textContent = state.media ?? (state.pc === 'new' ? '—' : state.pc);
+  ui.error.hidden = !state.error;
+  ui.error.textContent = state.error ?? '';
+  ui.status.textContent = state.wantLive && state.room ? `Event ${state.room}` : '';
+}

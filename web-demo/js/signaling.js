@@ -1,0 +1,199 @@
+// WebSocket signaling client for the Marquee protocol (docs/protocol.md).
+//
+// `Signaling` owns one logical connection to `ws(s)://<host>/ws` and keeps it alive:
+// when the socket closes (or a ping goes unanswered) it reconnects with exponential
+// backoff and jitter. Every (re)opened socket is a fresh server session, so the page
+// listens for `open` and sends `join` again; the server forgets everything about the
+// old socket. Messages are dispatched as DOM events named after their `type`
+// (`joined`, `offer`, `answer`, `roomState`, `mediaState`, `pong`, `error`), with the
+// parsed message in `event.detail`.
+
+/** Protocol version spoken by this client (`PROTOCOL_VERSION` in protocol.rs). */
+export const PROTOCOL_VERSION = 1;
+
+/** Until the server tells us its limit in `joined.limits`, assume the documented default. */
+const DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024;
+
+/** Interval between liveness pings; a ping unanswered by the next one closes the socket. */
+const PING_INTERVAL_MS = 15_000;
+
+/** Reconnect backoff: first delay, growth factor, cap. Jitter spreads a crowd of viewers. */
+const BACKOFF_START_MS = 500;
+const BACKOFF_FACTOR = 2;
+const BACKOFF_MAX_MS = 10_000;
+
+/** Endpoint on the host that served the page. */
+export function defaultUrl(loc = window.location) {
+  const scheme = loc.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${loc.host}/ws`;
+}
+
+export class Signaling extends EventTarget {
+  /**
+   * @param {string} [url] WebSocket URL; defaults to `/ws` on the page's host.
+   */
+  constructor(url = defaultUrl()) {
+    super();
+    this.url = url;
+    /** 'idle' | 'connecting' | 'open' | 'closed' (waiting to reconnect) */
+    this.state = 'idle';
+    this.maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
+    this.ws = null;
+    this.attempt = 0;
+    this.retryTimer = null;
+    this.pingTimer = null;
+    this.nextPingId = 1;
+    this.awaitingPong = null;
+    this.stopped = true;
+    /** Delay before the pending reconnect, for display. */
+    this.retryInMs = 0;
+  }
+
+  /** Opens the connection (idempotent) and keeps reconnecting until `stop()`. */
+  start() {
+    this.stopped = false;
+    if (!this.ws && !this.retryTimer) this.#connect();
+  }
+
+  /** Closes the connection for good. */
+  stop() {
+    this.stopped = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = null;
+    this.#dropSocket();
+    this.#setState('idle');
+  }
+
+  /**
+   * Drops the current socket and reconnects: the server ends the old session.
+   * @param {number} [delayMs] wait this long instead of the backoff delay.
+   */
+  restart(delayMs) {
+    if (this.stopped) return;
+    this.#dropSocket();
+    this.#scheduleReconnect(delayMs);
+  }
+
+  /** Sends `{type, ...fields}`; returns false when not connected (the message is dropped). */
+  send(type, fields = {}) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    const text = JSON.stringify({ type, ...fields });
+    // The server would answer `message_too_large` and drop it; say so locally as well.
+    if (new TextEncoder().encode(text).length > this.maxMessageBytes) {
+      console.warn(`[signaling] ${type} exceeds ${this.maxMessageBytes} bytes; sending anyway`);
+    }
+    this.ws.send(text);
+    return true;
+  }
+
+  // Typed senders, one per ClientMessage variant.
+  join({ role, room, name = '', hostKey }) {
+    const msg = { version: PROTOCOL_VERSION, role, name };
+    if (room) msg.room = room;
+    if (hostKey) msg.hostKey = hostKey;
+    return this.send('join', msg);
+  }
+  offer(sdp) { return this.send('offer', { sdp }); }
+  answer(sdp) { return this.send('answer', { sdp }); }
+  /** @param {RTCIceCandidate | RTCIceCandidateInit} c */
+  candidate(c) {
+    const init = typeof c.toJSON === 'function' ? c.toJSON() : c;
+    const candidate = { candidate: init.candidate ?? '' };
+    if (init.sdpMid != null) candidate.sdpMid = init.sdpMid;
+    if (init.sdpMLineIndex != null) candidate.sdpMLineIndex = init.sdpMLineIndex;
+    if (init.usernameFragment != null) candidate.usernameFragment = init.usernameFragment;
+    return this.send('candidate', { candidate });
+  }
+  leave() { return this.send('leave'); }
+  ping() {
+    const id = this.nextPingId++;
+    this.awaitingPong = id;
+    return this.send('ping', { id });
+  }
+
+  #connect() {
+    this.retryTimer = null;
+    this.#setState('connecting');
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (err) {
+      console.error('[signaling] cannot open', this.url, err);
+      this.#scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.awaitingPong = null;
+      this.#setState('open');
+      this.pingTimer = setInterval(() => this.#heartbeat(), PING_INTERVAL_MS);
+      this.dispatchEvent(new Event('open'));
+    };
+    ws.onmessage = (ev) => this.#onText(ev.data);
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return; // an old socket we already dropped
+      console.info(`[signaling] closed (code ${ev.code}${ev.reason ? `, ${ev.reason}` : ''})`);
+      this.#dropSocket();
+      this.dispatchEvent(new CustomEvent('close', { detail: { code: ev.code, reason: ev.reason } }));
+      if (!this.stopped) this.#scheduleReconnect();
+    };
+    // `error` is always followed by `close`, which does the work.
+    ws.onerror = () => {};
+  }
+
+  #onText(text) {
+    let msg;
+    try {
+      msg = JSON.parse(text);
+    } catch {
+      console.warn('[signaling] ignoring non-JSON message');
+      return;
+    }
+    if (!msg || typeof msg.type !== 'string') return;
+    if (msg.type === 'joined' && msg.limits?.maxMessageBytes) {
+      this.maxMessageBytes = msg.limits.maxMessageBytes;
+    }
+    if (msg.type === 'pong' && msg.id === this.awaitingPong) this.awaitingPong = null;
+    this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));
+    this.dispatchEvent(new CustomEvent('message', { detail: msg }));
+  }
+
+  #heartbeat() {
+    if (this.awaitingPong !== null) {
+      console.warn('[signaling] no pong in time; reconnecting');
+      this.restart();
+      return;
+    }
+    this.ping();
+  }
+
+  #dropSocket() {
+    clearInterval(this.pingTimer);
+    this.pingTimer = null;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) {
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close();
+    }
+  }
+
+  #scheduleReconnect(delayMs) {
+    clearTimeout(this.retryTimer);
+    if (delayMs === undefined) {
+      const base = Math.min(BACKOFF_MAX_MS, BACKOFF_START_MS * BACKOFF_FACTOR ** this.attempt);
+      delayMs = base / 2 + Math.random() * (base / 2);
+      this.attempt++;
+    }
+    this.retryInMs = delayMs;
+    this.#setState('closed');
+    this.retryTimer = setTimeout(() => this.#connect(), delayMs);
+  }
+
+  #setState(state) {
+    if (this.state === state && state !== 'closed') return;
+    this.state = state;
+    this.dispatchEvent(new CustomEvent('statechange', { detail: { state } }));
+  }
+}

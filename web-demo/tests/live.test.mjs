@@ -1,0 +1,326 @@
+// End-to-end browser test: a real Chromium publishes its (fake) camera through a real
+// `marquee` server to two real Chromium viewers, and we check what a person would see.
+//
+//   cd web-demo && npm install && npm test
+//
+// Environment:
+//   MARQUEE_BIN   server binary (default: ../target/debug/marquee, relative to web-demo/)
+//   MARQUEE_URL   use an already running server at this URL instead of spawning one
+//   CHROMIUM_BIN  browser (default: /usr/bin/chromium, Debian's `chromium` package)
+//
+// The server is started as
+//   marquee --http 127.0.0.1:<free tcp port> --udp 127.0.0.1:<free udp port> --web-root <web-demo>
+// and must serve web-demo/ at `/` and the signaling WebSocket at `/ws`.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+const WEB_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const RESULTS_DIR = path.join(WEB_ROOT, 'test-results');
+const MARQUEE_BIN = path.resolve(WEB_ROOT, process.env.MARQUEE_BIN ?? '../target/debug/marquee');
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+
+/** GUIDE §3 flags, plus loopback ICE candidates and autoplay without a click. */
+const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+];
+
+/** Bounds: every wait in this file is one of these, so a hang fails fast and says where. */
+const SERVER_READY_MS = 30_000;
+const SERVER_EXIT_MS = 5_000;
+const ROOM_CODE_MS = 15_000;
+const MEDIA_CONNECTED_MS = 20_000;
+const FIRST_FRAME_MS = 20_000;
+const VIEWER_COUNT_MS = 10_000;
+const FRAME_WINDOW_MS = 2_000;
+const MIN_FRAMES_IN_WINDOW = 10;
+const AUDIO_WINDOW_MS = 1_500;
+
+let server;
+let browser;
+const pages = [];
+
+before(async () => {
+  server = process.env.MARQUEE_URL ? externalServer(process.env.MARQUEE_URL) : await startServer();
+  assert.ok(existsSync(CHROMIUM_BIN), `no browser at ${CHROMIUM_BIN}: apt-get install -y chromium`);
+  browser = await chromium.launch({ executablePath: CHROMIUM_BIN, args: CHROMIUM_ARGS, timeout: 30_000 });
+}, { timeout: 65_000 });
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await server?.stop();
+});
+
+test('host goes live with the camera; two viewers see moving video and hear audio', { timeout: 90_000 }, async () => {
+  await withDiagnostics(async () => {
+    // One context (its own window) per person: a page in a background tab of a shared
+    // window is not rendered, so its video would present no frames.
+    const newContext = async () => {
+      const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+      await context.grantPermissions(['camera', 'microphone'], { origin: server.url });
+      contexts.push(context);
+      return context;
+    };
+    const contexts = [];
+
+    const host = await openPage(await newContext(), 'host', `${server.url}/host.html`);
+    await host.click('#start');
+    const code = await (await host.waitForFunction(
+      () => document.querySelector('#room-code')?.textContent.trim() || null,
+      null, { timeout: ROOM_CODE_MS },
+    )).jsonValue();
+    assert.match(code, /^\S+$/, 'room code shown on the host page');
+    const shareLink = await host.inputValue('#share-link');
+    assert.equal(shareLink, `${server.url}/watch.html?room=${encodeURIComponent(code)}`);
+    await host.waitForFunction(() => window.marquee.pc?.connectionState === 'connected',
+      null, { timeout: MEDIA_CONNECTED_MS });
+
+    const viewers = await Promise.all([1, 2].map(async (i) =>
+      openPage(await newContext(), `viewer${i}`, `${server.url}/watch.html?room=${encodeURIComponent(code)}`)));
+
+    for (const viewer of viewers) {
+      await viewer.waitForFunction(() => document.querySelector('#video').videoWidth > 0,
+        null, { timeout: FIRST_FRAME_MS });
+    }
+    const checks = await Promise.all(viewers.map(async (viewer) => ({
+      name: viewer.marqueeName,
+      frames: await countFrames(viewer, FRAME_WINDOW_MS),
+      audio: await audioPacketsRise(viewer, AUDIO_WINDOW_MS),
+      size: await viewer.evaluate(() => {
+        const v = document.querySelector('#video');
+        return `${v.videoWidth}x${v.videoHeight}`;
+      }),
+    })));
+    for (const c of checks) {
+      console.log(`${c.name}: ${c.size}, ${c.frames} frames in ${FRAME_WINDOW_MS} ms, audio packets ${c.audio.before} -> ${c.audio.after}`);
+      assert.ok(c.frames > MIN_FRAMES_IN_WINDOW, `${c.name}: only ${c.frames} frames in ${FRAME_WINDOW_MS} ms`);
+      assert.ok(c.audio.after > c.audio.before, `${c.name}: inbound audio packets not rising (${c.audio.before} -> ${c.audio.after})`);
+    }
+
+    await host.waitForFunction(() => document.querySelector('#viewer-count').textContent.trim() === '2',
+      null, { timeout: VIEWER_COUNT_MS });
+
+    await mkdir(RESULTS_DIR, { recursive: true });
+    await viewers[0].screenshot({ path: path.join(RESULTS_DIR, 'viewer.png') });
+    await host.screenshot({ path: path.join(RESULTS_DIR, 'host.png') });
+    assertNoPageErrors();
+    await Promise.all(contexts.map((c) => c.close()));
+  });
+});
+
+test('landing page: keyboard focus moves with arrows, join-by-code opens the watch page', { timeout: 30_000 }, async () => {
+  await withDiagnostics(async () => {
+    const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await openPage(context, 'landing', `${server.url}/`);
+    assert.equal(await page.textContent('h1'), 'Marquee');
+    assert.equal(await page.getAttribute('#create', 'href'), 'host.html');
+
+    // TV remote: arrows move focus between the two landing controls.
+    await page.focus('#create');
+    await page.keyboard.press('ArrowDown');
+    assert.equal(await activeId(page), 'room-code', 'ArrowDown from "Create an event" focuses the code field');
+    await page.keyboard.press('ArrowUp');
+    assert.equal(await activeId(page), 'create', 'ArrowUp returns to "Create an event"');
+    await page.keyboard.press('ArrowDown');
+    await page.keyboard.type(' AB12 ');
+    await page.keyboard.press('Enter');
+    await page.waitForURL(/\/watch\.html\?room=AB12$/, { timeout: 10_000 });
+
+    // The watch page runs and tells the person something (no server room: an error or a wait).
+    await page.waitForFunction(() => !document.querySelector('#overlay').hidden
+      && document.querySelector('#overlay').textContent.trim().length > 0, null, { timeout: 10_000 });
+    assertNoPageErrors();
+    await context.close();
+  });
+});
+
+// ---- Pages and diagnostics -----------------------------------------------------------
+
+async function openPage(context, name, url) {
+  const page = await context.newPage();
+  const log = [];
+  page.marqueeName = name;
+  page.marqueeLog = log;
+  page.marqueeErrors = [];
+  const stamp = () => new Date().toISOString().slice(11, 23);
+  page.on('console', (m) => log.push(`${stamp()} console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => {
+    log.push(`${stamp()} pageerror: ${e.stack ?? e}`);
+    page.marqueeErrors.push(String(e));
+  });
+  page.on('requestfailed', (r) => log.push(`${stamp()} requestfailed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('websocket', (ws) => {
+    log.push(`${stamp()} ws open ${ws.url()}`);
+    const brief = (p) => String(p).slice(0, 160).replace(/\\r\\n/g, ' ');
+    ws.on('framesent', (f) => log.push(`${stamp()} ws -> ${brief(f.payload)}`));
+    ws.on('framereceived', (f) => log.push(`${stamp()} ws <- ${brief(f.payload)}`));
+    ws.on('close', () => log.push(`${stamp()} ws closed`));
+  });
+  pages.push(page);
+  await page.goto(url, { timeout: 15_000 });
+  return page;
+}
+
+function assertNoPageErrors() {
+  const errors = pages.flatMap((p) => p.marqueeErrors.map((e) => `${p.marqueeName}: ${e}`));
+  assert.deepEqual(errors, [], 'uncaught errors in pages');
+}
+
+/** Runs `body`; on failure appends page logs, page state and the server's log to the error. */
+async function withDiagnostics(body) {
+  pages.length = 0;
+  try {
+    await body();
+  } catch (err) {
+    const parts = [];
+    for (const page of pages) {
+      let state = '';
+      try {
+        state = await page.evaluate(() => JSON.stringify({
+          state: window.marquee?.state,
+          pc: window.marquee?.pc && {
+            connectionState: window.marquee.pc.connectionState,
+            iceConnectionState: window.marquee.pc.iceConnectionState,
+            signalingState: window.marquee.pc.signalingState,
+          },
+        }));
+      } catch (e) {
+        state = `(unavailable: ${e.message})`;
+      }
+      parts.push(`--- page ${page.marqueeName} (${page.url()})\nstate: ${state}\n${page.marqueeLog.slice(-80).join('\n')}`);
+    }
+    parts.push(`--- server log (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`);
+    const diagnostics = parts.join('\n');
+    console.error(diagnostics);
+    err.message += `\n\n${diagnostics}`;
+    throw err;
+  }
+}
+
+async function activeId(page) {
+  return page.evaluate(() => document.activeElement?.id ?? null);
+}
+
+/** Number of frames the viewer's <video> presents during `ms`. */
+async function countFrames(page, ms) {
+  return page.evaluate((ms) => new Promise((resolve) => {
+    const video = document.querySelector('#video');
+    let frames = 0;
+    let done = false;
+    const onFrame = () => {
+      if (done) return;
+      frames++;
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+    setTimeout(() => { done = true; resolve(frames); }, ms);
+  }), ms);
+}
+
+/** `packetsReceived` of the viewer's inbound audio RTP stream, read twice `ms` apart. */
+async function audioPacketsRise(page, ms) {
+  const read = () => page.evaluate(async () => {
+    const stats = await window.marquee.pc.getStats();
+    let packets = 0;
+    for (const s of stats.values()) {
+      if (s.type === 'inbound-rtp' && s.kind === 'audio') packets += s.packetsReceived ?? 0;
+    }
+    return packets;
+  });
+  const before = await read();
+  await sleep(ms);
+  return { before, after: await read() };
+}
+
+// ---- Server ----------------------------------------------------------------------------
+
+function externalServer(url) {
+  return { url: url.replace(/\/$/, ''), log: () => ['(external server: see its own log)'], stop: async () => {} };
+}
+
+async function startServer() {
+  assert.ok(existsSync(MARQUEE_BIN),
+    `no server binary at ${MARQUEE_BIN}: build it (cargo build -p signaling) or set MARQUEE_BIN / MARQUEE_URL`);
+  const httpPort = await freeTcpPort();
+  const udpPort = await freeUdpPort();
+  const args = ['--http', `127.0.0.1:${httpPort}`, '--udp', `127.0.0.1:${udpPort}`, '--web-root', WEB_ROOT];
+  const lines = [];
+  const proc = spawn(MARQUEE_BIN, args, {
+    env: { RUST_LOG: 'info', ...process.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const keep = (chunk) => {
+    lines.push(...chunk.toString().split('\n').filter(Boolean));
+    if (lines.length > 2000) lines.splice(0, lines.length - 2000);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  let exited = null;
+  const exit = new Promise((resolve) => proc.on('exit', (code, signal) => {
+    exited = { code, signal };
+    resolve(exited);
+  }));
+  proc.on('error', (err) => lines.push(`spawn error: ${err.message}`));
+
+  const url = `http://127.0.0.1:${httpPort}`;
+  const stop = async () => {
+    if (exited) return;
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), SERVER_EXIT_MS);
+    await exit;
+    clearTimeout(timer);
+  };
+  const deadline = Date.now() + SERVER_READY_MS;
+  for (;;) {
+    if (exited) {
+      throw new Error(`marquee exited early (${JSON.stringify(exited)}): ${MARQUEE_BIN} ${args.join(' ')}\n${lines.join('\n')}`);
+    }
+    try {
+      const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) });
+      if (res.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`marquee did not serve GET / with 200 within ${SERVER_READY_MS} ms\n${lines.join('\n')}`);
+    }
+    await sleep(200);
+  }
+  return { url, log: () => lines, stop };
+}
+
+/** A TCP port free right now (bound to 0, then released for the server to take). */
+function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4');
+    sock.on('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      const { port } = sock.address();
+      sock.close(() => resolve(port));
+    });
+  });
+}
