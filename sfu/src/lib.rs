@@ -24,6 +24,9 @@ pub use driver::{SfuHandle, run_driver};
 pub use ids::{PeerId, RoomId, TrackId};
 pub use sfu::{Datagram, Sfu, SfuEvent, Transmit};
 
+/// A trickled ICE candidate, as `rtc` takes it.
+pub use rtc::peer_connection::transport::RTCIceCandidateInit as IceCandidateInit;
+
 /// Which side of a room a peer is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {

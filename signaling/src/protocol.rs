@@ -200,6 +200,8 @@ pub enum ErrorCode {
     InvalidCandidate,
     /// An `answer` arrived with no server offer outstanding.
     NoOfferPending,
+    /// The same host joined again from another connection; this session left the room.
+    SessionReplaced,
     /// The server is at a configured capacity limit.
     Full,
     /// The server is shutting down; reconnect elsewhere or later.

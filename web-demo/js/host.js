@@ -41,6 +41,8 @@ const state = {
   live: false,
   viewerCount: 0,
   micMuted: false,
+  /** Outbound video summary, e.g. "Sending 1280×720 30 fps · 1500 kbps". */
+  sending: '',
   error: null,
 };
 
@@ -356,6 +358,28 @@ function stopMedia() {
   ui.preview.srcObject = null;
 }
 
+// ---- Stats line ----------------------------------------------------------------------
+
+const STATS_INTERVAL_MS = 2_000;
+let lastSent = null;
+setInterval(async () => {
+  if (!pc || state.pc !== 'connected') {
+    state.sending = '';
+    lastSent = null;
+    render();
+    return;
+  }
+  const stats = await pc.getStats();
+  for (const s of stats.values()) {
+    if (s.type !== 'outbound-rtp' || s.kind !== 'video') continue;
+    const rate = lastSent ? ` · ${Math.round(((s.bytesSent - lastSent.bytes) * 8) / (s.timestamp - lastSent.at))} kbps` : '';
+    lastSent = { bytes: s.bytesSent, at: s.timestamp };
+    const fps = s.framesPerSecond ? ` ${Math.round(s.framesPerSecond)} fps` : '';
+    state.sending = s.frameWidth ? `Sending ${s.frameWidth}×${s.frameHeight}${fps}${rate}` : '';
+  }
+  render();
+}, STATS_INTERVAL_MS);
+
 // ---- Rendering -----------------------------------------------------------------------
 
 function showShare(room) {
@@ -382,9 +406,6 @@ function fail(text) {
 function render() {
   let conn = state.ws;
   let text = CONN_TEXT[state.ws];
-  if (state.ws === 'closed' && signaling.retryInMs) {
-    text = `Reconnecting in ${Math.max(1, Math.round(signaling.retryInMs / 1000))} s…`;
-  }
   if (state.ws === 'open' && state.wantLive) {
     if (state.live && state.pc === 'connected') {
       conn = 'live';
@@ -410,5 +431,5 @@ function render() {
   ui.mediaState.textContent = state.media ?? (state.pc === 'new' ? '—' : state.pc);
   ui.error.hidden = !state.error;
   ui.error.textContent = state.error ?? '';
-  ui.status.textContent = state.wantLive && state.room ? `Event ${state.room}` : '';
+  ui.status.textContent = state.sending;
 }

@@ -45,8 +45,6 @@ export class Signaling extends EventTarget {
     this.nextPingId = 1;
     this.awaitingPong = null;
     this.stopped = true;
-    /** Delay before the pending reconnect, for display. */
-    this.retryInMs = 0;
   }
 
   /** Opens the connection (idempotent) and keeps reconnecting until `stop()`. */
@@ -186,7 +184,6 @@ export class Signaling extends EventTarget {
       delayMs = base / 2 + Math.random() * (base / 2);
       this.attempt++;
     }
-    this.retryInMs = delayMs;
     this.#setState('closed');
     this.retryTimer = setTimeout(() => this.#connect(), delayMs);
   }

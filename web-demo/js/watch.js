@@ -49,6 +49,9 @@ const state = {
 
 const signaling = new Signaling();
 let pc = null;
+/** Tracks of the current peer connection's receivers, in arrival order. */
+let received = [];
+/** What the <video> element plays: the newest live video track and audio track. */
 let remote = new MediaStream();
 let pendingCandidates = [];
 let answerSent = false;
@@ -198,35 +201,37 @@ async function answerOffer(sdp) {
   syncRemoteTracks();
 }
 
+/** `ontrack` fires inside setRemoteDescription; the element is updated once negotiation ends. */
 function addRemoteTrack(track) {
-  if (remote.getTrackById(track.id)) return;
-  remote.addTrack(track);
+  if (received.includes(track)) return;
+  received.push(track);
   track.addEventListener('ended', syncRemoteTracks);
-  attach();
 }
 
-/** After a renegotiation, drop tracks whose m-line no longer receives. */
+/** After a (re)negotiation: forget tracks whose m-line no longer receives, then attach. */
 function syncRemoteTracks() {
   if (!pc) return;
   const receiving = new Set(pc.getTransceivers()
     .filter((t) => !t.stopped && (t.currentDirection === 'recvonly' || t.currentDirection === 'sendrecv'))
-    .map((t) => t.receiver.track.id));
-  let changed = false;
-  for (const track of remote.getTracks()) {
-    if (!receiving.has(track.id) || track.readyState === 'ended') {
-      remote.removeTrack(track);
-      changed = true;
-    }
-  }
-  if (changed) attach();
+    .map((t) => t.receiver.track));
+  received = received.filter((t) => receiving.has(t) && t.readyState === 'live');
+  attach();
 }
 
-/** Gives the element a fresh stream so it picks up added or removed tracks. */
+/**
+ * Plays the newest video and the newest audio track. A room has one host source of each
+ * kind; should a renegotiation leave an older m-line around, the newest one is the live one.
+ */
 function attach() {
-  remote = new MediaStream(remote.getTracks());
-  ui.video.srcObject = remote;
+  const newest = (kind) => received.filter((t) => t.kind === kind).at(-1);
+  const chosen = [newest('video'), newest('audio')].filter(Boolean);
+  const playing = remote.getTracks();
+  if (chosen.length === playing.length && chosen.every((t) => playing.includes(t))) return;
+  // A fresh stream makes the element pick up the new set of tracks.
+  remote = new MediaStream(chosen);
+  ui.video.srcObject = chosen.length ? remote : null;
   // Muted autoplay is allowed everywhere; the Unmute button turns sound on.
-  ui.video.play().catch((err) => console.warn('[watch] play() refused:', err.message));
+  if (chosen.length) ui.video.play().catch((err) => console.warn('[watch] play() refused:', err.message));
   render();
 }
 
@@ -263,7 +268,8 @@ function teardown() {
   state.media = null;
   state.playing = false;
   state.live = null;
-  for (const track of remote.getTracks()) remote.removeTrack(track);
+  received = [];
+  remote = new MediaStream();
   ui.video.srcObject = null;
 }
 
@@ -273,16 +279,16 @@ let lastBytes = null;
 setInterval(async () => {
   if (!pc) {
     ui.stats.textContent = '';
+    lastBytes = null;
     return;
   }
   const stats = await pc.getStats();
   for (const s of stats.values()) {
     if (s.type !== 'inbound-rtp' || s.kind !== 'video') continue;
-    const kbps = lastBytes ? ((s.bytesReceived - lastBytes.bytes) * 8) / (s.timestamp - lastBytes.at) : 0;
+    const rate = lastBytes ? ` · ${Math.round(((s.bytesReceived - lastBytes.bytes) * 8) / (s.timestamp - lastBytes.at))} kbps` : '';
     lastBytes = { bytes: s.bytesReceived, at: s.timestamp };
-    const size = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}` : '';
     const fps = s.framesPerSecond ? ` ${Math.round(s.framesPerSecond)} fps` : '';
-    ui.stats.textContent = size ? `${size}${fps} · ${Math.round(kbps)} kbps` : '';
+    ui.stats.textContent = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}${fps}${rate}` : '';
   }
 }, STATS_INTERVAL_MS);
 
@@ -291,9 +297,6 @@ setInterval(async () => {
 function render() {
   let conn = state.ws;
   let text = CONN_TEXT[state.ws];
-  if (state.ws === 'closed' && signaling.retryInMs) {
-    text = `Reconnecting in ${Math.max(1, Math.round(signaling.retryInMs / 1000))} s…`;
-  }
   if (state.ws === 'open' && state.pc === 'connected' && state.live) {
     conn = 'live';
     text = 'Live';

@@ -455,7 +455,11 @@ impl Peer {
     }
 
     /// Waits until the connection reaches `target`.
-    pub async fn wait_state(&self, timeout: Duration, target: RTCPeerConnectionState) -> Result<()> {
+    pub async fn wait_state(
+        &self,
+        timeout: Duration,
+        target: RTCPeerConnectionState,
+    ) -> Result<()> {
         let mut state = self.state.clone();
         let reached = tokio::time::timeout(
             timeout,
@@ -729,7 +733,6 @@ impl Publisher {
             RTCRtpCodecParameters {
                 rtp_codec: vp8_codec(),
                 payload_type: VP8_PAYLOAD_TYPE,
-                ..Default::default()
             },
             RtpCodecKind::Video,
         )?;
@@ -737,15 +740,13 @@ impl Publisher {
             RTCRtpCodecParameters {
                 rtp_codec: opus_codec(),
                 payload_type: OPUS_PAYLOAD_TYPE,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?
-            .with(
-                Slot::from(KEYFRAME_FORWARDER_SLOT),
-                KeyframeRequestForwarder::default(),
-            );
+        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
+            Slot::from(KEYFRAME_FORWARDER_SLOT),
+            KeyframeRequestForwarder::default(),
+        );
         let peer = Peer::build(media_engine, registry, None).await?;
 
         let video_ssrc = random_u32();
@@ -845,8 +846,14 @@ impl Publisher {
                 continue;
             };
             match sender.track().kind().await {
-                RtpCodecKind::Video => self.shared.video_pt.store(codec.payload_type, Ordering::Relaxed),
-                RtpCodecKind::Audio => self.shared.audio_pt.store(codec.payload_type, Ordering::Relaxed),
+                RtpCodecKind::Video => self
+                    .shared
+                    .video_pt
+                    .store(codec.payload_type, Ordering::Relaxed),
+                RtpCodecKind::Audio => self
+                    .shared
+                    .audio_pt
+                    .store(codec.payload_type, Ordering::Relaxed),
                 _ => {}
             }
         }
@@ -905,7 +912,12 @@ impl Publisher {
     }
 
     /// Sends a raw video RTP payload with the next sequence number.
-    pub async fn write_video_rtp(&self, payload: Bytes, marker: bool, timestamp: u32) -> Result<u16> {
+    pub async fn write_video_rtp(
+        &self,
+        payload: Bytes,
+        marker: bool,
+        timestamp: u32,
+    ) -> Result<u16> {
         let seq = {
             let mut state = lock(&self.shared.video_state);
             let seq = state.next_seq;
@@ -919,7 +931,12 @@ impl Publisher {
     }
 
     /// Sends a raw audio RTP payload with the next sequence number.
-    pub async fn write_audio_rtp(&self, payload: Bytes, marker: bool, timestamp: u32) -> Result<u16> {
+    pub async fn write_audio_rtp(
+        &self,
+        payload: Bytes,
+        marker: bool,
+        timestamp: u32,
+    ) -> Result<u16> {
         let seq = {
             let mut state = lock(&self.shared.audio_state);
             let seq = state.next_seq;
@@ -1060,8 +1077,14 @@ impl PublisherShared {
             (seq, packet, timestamp, size)
         };
         // RFC 3551 §4.1: the marker flags the first packet of a talkspurt.
-        self.write(MediaKind::Audio, seq, timestamp, packet == 0, opus_payload(packet, size))
-            .await
+        self.write(
+            MediaKind::Audio,
+            seq,
+            timestamp,
+            packet == 0,
+            opus_payload(packet, size),
+        )
+        .await
     }
 
     async fn write(
@@ -1152,8 +1175,7 @@ async fn read_keyframe_requests(shared: Arc<PublisherShared>) {
 /// The generator: paced video and audio, plus an immediate keyframe on request.
 async fn generate_media(shared: Arc<PublisherShared>) {
     let config = lock(&shared.config).clone();
-    let mut video_tick =
-        tokio::time::interval(Duration::from_secs(1) / config.video_fps.max(1));
+    let mut video_tick = tokio::time::interval(Duration::from_secs(1) / config.video_fps.max(1));
     video_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut audio_tick = tokio::time::interval(Duration::from_millis(20));
     audio_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -1401,7 +1423,9 @@ impl Subscriber {
         pc.set_local_description(answer)
             .await
             .context("setting local answer")?;
-        self.recorder.offers_answered.fetch_add(1, Ordering::Relaxed);
+        self.recorder
+            .offers_answered
+            .fetch_add(1, Ordering::Relaxed);
         self.recorder.changes.send_modify(|v| *v += 1);
         self.peer.local_description().await
     }
@@ -1879,7 +1903,9 @@ async fn wait_until<T: ?Sized>(
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking test thread must not hide the original failure behind a poison error.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A random 32-bit value (SSRCs, initial sequence numbers and timestamps, as RFC 3550 §5.1

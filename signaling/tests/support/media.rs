@@ -82,7 +82,12 @@ impl PayloadTag {
 /// followed by the 3-byte VP8 frame tag whose P bit (bit 0) is 0 for a keyframe and 1 for an
 /// interframe, and for a keyframe the start code `9d 01 2a` and the frame size. Following
 /// packets carry a descriptor with S=0. Filler bytes are a function of `frame` and position.
-pub fn vp8_frame_payloads(frame: u32, keyframe: bool, count: u16, payload_size: usize) -> Vec<Bytes> {
+pub fn vp8_frame_payloads(
+    frame: u32,
+    keyframe: bool,
+    count: u16,
+    payload_size: usize,
+) -> Vec<Bytes> {
     let count = count.max(1);
     (0..count)
         .map(|index| {
@@ -171,7 +176,9 @@ pub fn is_vp8_keyframe_start(payload: &[u8]) -> bool {
 /// Deterministic filler up to `payload_size - PayloadTag::LEN` bytes.
 fn fill(buf: &mut BytesMut, payload_size: usize, frame: u32, index: u16) {
     let target = payload_size.saturating_sub(PayloadTag::LEN);
-    let seed = frame.wrapping_mul(31).wrapping_add(u32::from(index).wrapping_mul(7));
+    let seed = frame
+        .wrapping_mul(31)
+        .wrapping_add(u32::from(index).wrapping_mul(7));
     let mut i = 0u32;
     while buf.len() < target {
         buf.put_u8(seed.wrapping_add(i) as u8);

@@ -89,7 +89,8 @@ pub struct DropPolicy {
     video_payload_types: HashSet<u8>,
     /// Every (SSRC, seq) already seen once: later copies are retransmissions and always pass.
     seen: HashSet<(u32, u16)>,
-    video_first_transmissions: u64,
+    /// Video first transmissions since the last `EveryNthVideo` drop.
+    video_since_drop: u32,
     dropped: Vec<(u32, u16)>,
 }
 
@@ -99,7 +100,7 @@ impl DropPolicy {
             rule,
             video_payload_types: HashSet::new(),
             seen: HashSet::new(),
-            video_first_transmissions: 0,
+            video_since_drop: 0,
             dropped: Vec::new(),
         }
     }
@@ -136,12 +137,16 @@ impl DropPolicy {
             is_video: self.video_payload_types.contains(&payload_type),
         };
         if view.is_video {
-            self.video_first_transmissions += 1;
+            self.video_since_drop = self.video_since_drop.saturating_add(1);
         }
         let drop = match &mut self.rule {
             DropRule::Nothing => false,
             DropRule::EveryNthVideo(n) => {
-                view.is_video && *n > 0 && self.video_first_transmissions % u64::from(*n) == 0
+                let due = view.is_video && *n > 0 && self.video_since_drop >= *n;
+                if due {
+                    self.video_since_drop = 0;
+                }
+                due
             }
             DropRule::Custom(decide) => decide(&view),
         };
@@ -257,7 +262,9 @@ impl LossyRelay {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RelayState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -276,7 +283,9 @@ async fn relay_loop(socket: UdpSocket, state: Arc<Mutex<RelayState>>) {
         };
         let datagram = &buf[..len];
         let target = {
-            let mut state = state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut state = state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             if Some(from) == state.server {
                 if state.policy.should_drop(datagram) {
                     state.stats.dropped += 1;
@@ -355,7 +364,11 @@ pub fn video_payload_types(sdp: &str) -> Vec<u8> {
             let (Some(pt), Some(codec)) = (parts.next(), parts.next()) else {
                 continue;
             };
-            let name = codec.split('/').next().unwrap_or_default().to_ascii_lowercase();
+            let name = codec
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
             if matches!(name.as_str(), "rtx" | "red" | "ulpfec" | "flexfec-03") {
                 continue;
             }
