@@ -114,6 +114,29 @@ pub struct Joined {
     pub limits: Limits,
 }
 
+impl Joined {
+    /// The fields of a `joined` message; `None` for any other message.
+    pub fn from_message(message: ServerMessage) -> Option<Self> {
+        match message {
+            ServerMessage::Joined {
+                version: _,
+                room,
+                peer_id,
+                role,
+                host_key,
+                limits,
+            } => Some(Self {
+                room,
+                peer_id,
+                role,
+                host_key,
+                limits,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// The sending half of a WebSocket connection; cheap to clone. Messages are queued to a writer
 /// task in order, so `send` does not wait for the network.
 #[derive(Clone)]
@@ -347,27 +370,11 @@ impl WsClient {
     /// Sends any `join` message and waits for `joined`.
     pub async fn join_with(&mut self, join: ClientMessage) -> Result<Joined> {
         self.send(&join)?;
-        match self
+        let joined = self
             .recv_until(|m| matches!(m, ServerMessage::Joined { .. }))
             .await
-            .context("waiting for joined")?
-        {
-            ServerMessage::Joined {
-                version: _,
-                room,
-                peer_id,
-                role,
-                host_key,
-                limits,
-            } => Ok(Joined {
-                room,
-                peer_id,
-                role,
-                host_key,
-                limits,
-            }),
-            _ => unreachable!("recv_until returned another message"),
-        }
+            .context("waiting for joined")?;
+        Ok(Joined::from_message(joined).expect("recv_until returned another message"))
     }
 
     /// Sends a close frame and waits (bounded) for the writer to flush it.
@@ -1730,13 +1737,31 @@ impl Viewer {
         let subscriber = Arc::new(Subscriber::new().await?);
         let mut ws = WsClient::connect(server).await?;
         let join_sent_at = Instant::now();
-        let joined = ws
-            .join(Role::Viewer, Some(room), &options.name)
-            .await
-            .context("viewer join")?;
+        ws.send(&ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            room: Some(room.to_owned()),
+            name: options.name.clone(),
+            role: Role::Viewer,
+            host_key: None,
+        })?;
+        // Whatever arrives before `joined` (an early offer or roomState) is kept for the
+        // negotiation loop rather than skipped.
+        let mut early = Vec::new();
+        let joined = loop {
+            match ws.recv().await.context("viewer join")? {
+                ServerMessage::Error(body) => {
+                    return Err(anyhow::Error::new(ServerError(body))).context("viewer join");
+                }
+                message => match Joined::from_message(message.clone()) {
+                    Some(joined) => break joined,
+                    None => early.push(message),
+                },
+            }
+        };
         let (sender, receiver, ws_tasks) = ws.into_parts();
         let (forward_tx, forward_rx) = mpsc::unbounded_channel();
         let negotiation = tokio::spawn(answer_offers(
+            early,
             receiver,
             sender.clone(),
             Arc::clone(&subscriber),
@@ -1823,6 +1848,7 @@ impl Deref for Viewer {
 /// The viewer's negotiation loop: answers each server offer, starts trickling after the first
 /// answer, and forwards every message to the test.
 async fn answer_offers(
+    early: Vec<ServerMessage>,
     mut incoming: WsReceiver,
     sender: WsSender,
     subscriber: Arc<Subscriber>,
@@ -1831,7 +1857,15 @@ async fn answer_offers(
 ) {
     let mut candidates = subscriber.peer.take_candidates();
     let mut trickle = TaskGuard(Vec::new());
-    while let Some(item) = incoming.rx.recv().await {
+    let mut early = early.into_iter();
+    loop {
+        let item = match early.next() {
+            Some(message) => Ok(message),
+            None => match incoming.rx.recv().await {
+                Some(item) => item,
+                None => break,
+            },
+        };
         if let Ok(ServerMessage::Offer { sdp }) = &item {
             let answered = async {
                 let offer = match &options.relay {
