@@ -5,7 +5,7 @@
 //! NACK responder of `rtc`'s own: the SFU answers viewer NACKs from its shared per-track ring
 //! instead of keeping a copy of every packet per viewer.
 
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Registry, Slot};
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports, configure_twcc_receiver_only,
 };
@@ -16,6 +16,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
 
+use crate::feedback::DeliverFeedback;
 use crate::keyframe::VideoCodec;
 use crate::{MediaKind, Role};
 
@@ -116,11 +117,18 @@ pub fn engine_for(role: Role) -> rtc::shared::error::Result<(MediaEngine, Regist
             let registry = configure_twcc_receiver_only(registry, &mut engine)?;
             configure_rtcp_reports(registry)
         }
-        // Sender and receiver reports only: NACKs are answered from the shared ring.
-        Role::Subscriber => configure_rtcp_reports(registry),
+        // Sender and receiver reports, and viewer feedback handed to the SFU: NACKs are
+        // answered from the shared ring, keyframe requests relayed to the host.
+        Role::Subscriber => {
+            configure_rtcp_reports(registry).with(FEEDBACK_SLOT, DeliverFeedback::default())
+        }
     };
     Ok((engine, registry))
 }
+
+/// Application-most position (above every built-in slot), so the built-in interceptors see
+/// the feedback too.
+pub const FEEDBACK_SLOT: Slot = Slot::Custom(14_000);
 
 fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
     RTCPFeedback {

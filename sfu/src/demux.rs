@@ -96,7 +96,7 @@ mod tests {
         }
         assert_eq!(stun_local_ufrag(&msg[..msg.len() - 1]), None);
         let mut response = msg.clone();
-        response[1] = 0x01; // binding success response
+        response[0] = 0x01; // 0x0101: binding success response
         assert_eq!(stun_local_ufrag(&response), None);
         assert_eq!(classify(&[0x80, 0x60]), DatagramKind::Rtp);
         assert_eq!(classify(&[22]), DatagramKind::Dtls);

@@ -1,16 +1,23 @@
 //! Self-test of `tests/support`: needs no Marquee server. The pure helpers are checked
-//! directly, the relay with plain UDP sockets, and the WebRTC clients by connecting a
-//! `Publisher` to a `Subscriber` in-process through a lossy relay.
+//! directly, the relay with plain UDP sockets, the WebRTC clients by connecting a `Publisher`
+//! to a `Subscriber` in-process through a lossy relay, and `Host` and `Viewer` against a fake
+//! signaling server whose media side is the other kind of peer.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use signaling::protocol::MediaKind;
+use anyhow::{Context, Result, bail};
+use futures_util::{SinkExt, StreamExt};
+use signaling::protocol::{
+    ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, Limits, MediaKind, PROTOCOL_VERSION, Role, RoomState,
+    ServerMessage, decode_client_message,
+};
 use support::*;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(8);
 
@@ -225,6 +232,7 @@ async fn relay_forwards_both_ways_and_drops_media_to_the_client() -> Result<()> 
 #[tokio::test]
 async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
     let relay = Arc::new(LossyRelay::start(DropRule::EveryNthVideo(7)).await?);
+    let t0 = std::time::Instant::now();
     let publisher = Publisher::new(MediaConfig {
         // Keyframes only first and on request, so the PLI's effect is unambiguous.
         keyframe_interval: 0,
@@ -250,6 +258,7 @@ async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
         subscriber.wait_connected(WAIT)
     )?;
 
+    eprintln!("p connected {:?}", t0.elapsed());
     publisher.start_media();
     subscriber
         .wait_for(WAIT, |s| {
@@ -312,6 +321,271 @@ async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
 
     publisher.close().await?;
     subscriber.close().await?;
+    Ok(())
+}
+
+/// `Host` over the WebSocket protocol: join, offer, answer, trickled candidates (which the
+/// fake server applies to its subscriber), media, and a PLI answered with a keyframe.
+#[tokio::test]
+async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let server_addr = listener.local_addr()?;
+    let subscriber = Arc::new(Subscriber::new().await?);
+    let (end_of_candidates_tx, end_of_candidates_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn({
+        let subscriber = Arc::clone(&subscriber);
+        let mut end_of_candidates_tx = Some(end_of_candidates_tx);
+        async move {
+            let mut ws = accept(&listener).await?;
+            let mut log = Vec::new();
+            while let Some(message) = next_client_message(&mut ws).await? {
+                match &message {
+                    ClientMessage::Join {
+                        role: Role::Host, ..
+                    } => {
+                        send(&mut ws, &room_state()).await?;
+                        send(&mut ws, &joined(Role::Host)).await?;
+                    }
+                    ClientMessage::Offer { sdp } => {
+                        subscriber.answer(sdp).await?;
+                        let sdp = subscriber
+                            .peer()
+                            .local_description_after_gathering()
+                            .await?;
+                        send(&mut ws, &ServerMessage::Answer { sdp }).await?;
+                    }
+                    ClientMessage::Candidate { candidate } => {
+                        subscriber.peer().add_remote_candidate(candidate).await?;
+                        if candidate.candidate.is_empty() {
+                            end_of_candidates_tx.take().map(|tx| tx.send(()));
+                        }
+                    }
+                    other => bail!("unexpected {other:?}"),
+                }
+                log.push(message);
+            }
+            anyhow::Ok(log)
+        }
+    });
+
+    let t0 = std::time::Instant::now();
+    let host = Host::join_with(
+        server_addr,
+        HostOptions {
+            media: MediaConfig {
+                keyframe_interval: 0,
+                ..MediaConfig::default()
+            },
+            ..HostOptions::default()
+        },
+    )
+    .await?;
+    eprintln!("host connected {:?}", t0.elapsed());
+    assert_eq!(host.room(), "ROOM1");
+    assert_eq!(host.joined().host_key.as_deref(), Some("key"));
+    subscriber
+        .wait_for(WAIT, |s| {
+            s.first_keyframe_at().is_some() && s.packet_count(MediaKind::Audio) >= 5
+        })
+        .await
+        .context("host media at the fake server")?;
+    subscriber.request_keyframe().await?;
+    host.wait_for(WAIT, |h| h.plis_received() == 1 && h.keyframes_sent() == 2)
+        .await
+        .context("PLI → keyframe")?;
+    subscriber
+        .wait_for(WAIT, |s| s.keyframe_starts() >= 2)
+        .await?;
+    // The end of candidates is trickled last, once gathering completes.
+    tokio::time::timeout(WAIT, end_of_candidates_rx)
+        .await?
+        .context("no end of candidates")?;
+    host.close().await?;
+
+    let log = tokio::time::timeout(WAIT, server).await???;
+    assert!(matches!(
+        log[0],
+        ClientMessage::Join {
+            version: PROTOCOL_VERSION,
+            room: None,
+            ..
+        }
+    ));
+    assert!(
+        matches!(log[1], ClientMessage::Offer { .. }),
+        "offer before any candidate"
+    );
+    let candidates: Vec<_> = log[2..]
+        .iter()
+        .map(|m| match m {
+            ClientMessage::Candidate { candidate } => candidate,
+            other => panic!("expected only candidates after the offer, got {other:?}"),
+        })
+        .collect();
+    assert!(candidates.iter().any(|c| c.candidate.contains("127.0.0.1")));
+    assert_eq!(candidates.last().map(|c| c.candidate.as_str()), Some(""));
+    assert!(candidates.iter().all(|c| c.sdp_mid.as_deref() == Some("0")));
+    Ok(())
+}
+
+/// `Viewer` over the WebSocket protocol, routed through a lossy relay: messages before
+/// `joined` are kept, the server's offer and a renegotiation offer are answered, and lost
+/// video is recovered by NACK. Like the ICE-lite SFU, the fake server's peer never receives
+/// the viewer's candidates and learns its address from the connectivity checks.
+#[tokio::test]
+async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Result<()> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let server_addr = listener.local_addr()?;
+    let publisher = Arc::new(Publisher::new(MediaConfig::default()).await?);
+    let server = tokio::spawn({
+        let publisher = Arc::clone(&publisher);
+        async move {
+            let mut ws = accept(&listener).await?;
+            let mut log = vec![next_client_message(&mut ws).await?.context("no join")?];
+            send(&mut ws, &room_state()).await?;
+            send(&mut ws, &joined(Role::Viewer)).await?;
+            for renegotiation in [false, true] {
+                publisher.create_offer().await?;
+                let sdp = publisher.peer().local_description_after_gathering().await?;
+                send(&mut ws, &ServerMessage::Offer { sdp }).await?;
+                loop {
+                    let message = next_client_message(&mut ws).await?.context("closed")?;
+                    let answer = match &message {
+                        ClientMessage::Answer { sdp } => Some(sdp.clone()),
+                        _ => None,
+                    };
+                    log.push(message);
+                    if let Some(sdp) = answer {
+                        publisher.apply_answer(&sdp).await?;
+                        break;
+                    }
+                }
+                if !renegotiation {
+                    publisher.wait_connected(WAIT).await?;
+                    publisher.start_media();
+                }
+            }
+            while let Some(message) = next_client_message(&mut ws).await? {
+                log.push(message);
+            }
+            anyhow::Ok(log)
+        }
+    });
+
+    let relay = Arc::new(LossyRelay::start(DropRule::EveryNthVideo(5)).await?);
+    let t0 = std::time::Instant::now();
+    let mut viewer = Viewer::join_via_relay(server_addr, "ROOM1", Arc::clone(&relay)).await?;
+    assert_eq!(viewer.joined().room, "ROOM1");
+    let early = viewer
+        .recv_until(|m| matches!(m, ServerMessage::RoomState(_)))
+        .await?;
+    assert_eq!(
+        early,
+        room_state(),
+        "the roomState sent before joined is kept"
+    );
+    viewer.wait_connected(WAIT).await?; eprintln!("connected {:?} answered {}", t0.elapsed(), viewer.offers_answered());
+    viewer.wait_for(WAIT, |v| v.first_keyframe_at().is_some()).await?; eprintln!("kf {:?}", t0.elapsed());
+    viewer
+        .wait_for(WAIT, |v| {
+            v.offers_answered() == 2
+                && v.first_keyframe_at().is_some()
+                && v.packet_count(MediaKind::Video) >= 30
+                && relay.dropped().len() >= 3
+        })
+        .await
+        .context("viewer media")?;
+    assert!(viewer.first_keyframe_at() >= viewer.first_packet_at(MediaKind::Video));
+    assert!(viewer.join_sent_at() < viewer.first_packet_at(MediaKind::Video).unwrap());
+    assert_eq!(relay.server(), Some(publisher_addr(&publisher).await?));
+    let dropped = relay.dropped(); eprintln!("media {:?}", t0.elapsed());
+    viewer
+        .wait_for(WAIT, |v| {
+            dropped.iter().all(|&(ssrc, seq)| v.has_packet(ssrc, seq))
+        })
+        .await
+        .with_context(|| format!("retransmissions of {dropped:?}"))?;
+    // Offers are forwarded to the test too, after being answered.
+    viewer
+        .recv_until(|m| matches!(m, ServerMessage::Offer { .. }))
+        .await?;
+    eprintln!("recovered {:?}", t0.elapsed());
+    viewer.close().await?; eprintln!("closed {:?}", t0.elapsed());
+
+    let log = tokio::time::timeout(WAIT, server).await???;
+    assert!(matches!(
+        &log[0],
+        ClientMessage::Join { role: Role::Viewer, room: Some(room), .. } if room == "ROOM1"
+    ));
+    let answers = log
+        .iter()
+        .filter(|m| matches!(m, ClientMessage::Answer { .. }))
+        .count();
+    assert_eq!(answers, 2);
+    assert!(
+        log.iter()
+            .any(|m| matches!(m, ClientMessage::Candidate { .. }))
+    );
+    publisher.close().await?;
+    Ok(())
+}
+
+fn joined(role: Role) -> ServerMessage {
+    ServerMessage::Joined {
+        version: PROTOCOL_VERSION,
+        room: "ROOM1".to_owned(),
+        peer_id: "peer1".to_owned(),
+        role,
+        host_key: (role == Role::Host).then(|| "key".to_owned()),
+        limits: Limits {
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+        },
+    }
+}
+
+fn room_state() -> ServerMessage {
+    ServerMessage::RoomState(RoomState {
+        room: "ROOM1".to_owned(),
+        live: false,
+        participants: vec![],
+        tracks: vec![],
+        viewer_count: 0,
+    })
+}
+
+/// The publisher's own host candidate, from its local description.
+async fn publisher_addr(publisher: &Publisher) -> Result<std::net::SocketAddr> {
+    let sdp = publisher.peer().local_description().await?;
+    rewrite_candidates(&sdp, "127.0.0.1:9".parse()?)
+        .1
+        .context("no candidate")
+}
+
+async fn accept(listener: &TcpListener) -> Result<WebSocketStream<TcpStream>> {
+    let (stream, _) = tokio::time::timeout(WAIT, listener.accept()).await??;
+    Ok(tokio_tungstenite::accept_async(stream).await?)
+}
+
+/// The next client message; `None` once the client closes.
+async fn next_client_message(ws: &mut WebSocketStream<TcpStream>) -> Result<Option<ClientMessage>> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await? {
+            Some(Ok(Message::Text(text))) => {
+                return Ok(Some(decode_client_message(
+                    &text,
+                    DEFAULT_MAX_MESSAGE_BYTES,
+                )?));
+            }
+            Some(Ok(Message::Close(_))) | None => return Ok(None),
+            Some(Ok(_)) => continue,
+            Some(Err(err)) => return Err(err.into()),
+        }
+    }
+}
+
+async fn send(ws: &mut WebSocketStream<TcpStream>, message: &ServerMessage) -> Result<()> {
+    ws.send(Message::text(serde_json::to_string(message)?))
+        .await?;
     Ok(())
 }
 

@@ -23,7 +23,9 @@ const ui = {
 /** A peer connection that stays `disconnected` this long is treated as failed. */
 const DISCONNECTED_GRACE_MS = 5_000;
 /** Errors after which retrying cannot help: stop and tell the person. */
-const FATAL_CODES = new Set(['host_already_present', 'unsupported_version', 'invalid_room', 'not_allowed', 'invalid_sdp']);
+const FATAL_CODES = new Set([
+  'host_already_present', 'session_replaced', 'unsupported_version', 'invalid_room', 'not_allowed', 'invalid_sdp',
+]);
 /** Errors that mean "try again later", with the delay to wait. */
 const RETRY_CODES = { full: 15_000, shutting_down: 3_000 };
 
@@ -158,9 +160,12 @@ signaling.addEventListener('error', (e) => {
   const { code, message } = e.detail;
   console.warn('[host] server error', code, message);
   if (FATAL_CODES.has(code)) {
+    // Never retry these two: two tabs of the same host would keep evicting each other.
     const text = code === 'host_already_present'
       ? `Event ${state.room} already has a host (is it open in another tab?).`
-      : `${message} (${code})`;
+      : code === 'session_replaced'
+        ? 'You went live from another tab or device; this one stopped.'
+        : `${message} (${code})`;
     stop();
     showError(text);
   } else if (code in RETRY_CODES) {
@@ -182,8 +187,9 @@ function sendJoin() {
   });
 }
 
+/** Room codes are case-insensitive (the server upper-cases them), so the key is too. */
 function hostKeyItem(room) {
-  return `marquee.hostKey.${room}`;
+  return `marquee.hostKey.${room.toUpperCase()}`;
 }
 
 // ---- Going live --------------------------------------------------------------------

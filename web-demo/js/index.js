@@ -9,7 +9,8 @@ const input = document.getElementById('room-code');
 
 form.addEventListener('submit', (event) => {
   event.preventDefault();
-  const room = input.value.replace(/\s+/g, '');
+  // Codes are case-insensitive; upper case matches what the host page shows.
+  const room = input.value.replace(/\s+/g, '').toUpperCase();
   if (!room) {
     input.focus();
     return;

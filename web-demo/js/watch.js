@@ -29,7 +29,7 @@ const STATS_INTERVAL_MS = 2_000;
 
 const CONN_TEXT = { idle: 'Offline', connecting: 'Connecting…', open: 'Connected', closed: 'Reconnecting…' };
 const params = new URLSearchParams(location.search);
-const room = params.get('room')?.replace(/\s+/g, '') || '';
+const room = params.get('room')?.replace(/\s+/g, '').toUpperCase() || '';
 
 const state = {
   room,
