@@ -436,7 +436,7 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
 async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let server_addr = listener.local_addr()?;
-    let publisher = Arc::new(Publisher::new(MediaConfig::default()).await?);
+    let publisher = Arc::new(Publisher::new_ice_lite(MediaConfig::default()).await?);
     let server = tokio::spawn({
         let publisher = Arc::clone(&publisher);
         async move {

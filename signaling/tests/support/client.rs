@@ -55,7 +55,8 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, register_default_interceptors,
+    RTCSessionDescription, Registry, SettingEngine, SettingEngineBuilder,
+    register_default_interceptors,
 };
 
 use signaling::protocol::{
@@ -417,6 +418,7 @@ impl Peer {
     async fn build(
         media_engine: MediaEngine,
         registry: Registry,
+        setting_engine: SettingEngine,
         recorder: Option<Arc<Recorder>>,
     ) -> Result<Self> {
         let (candidate_tx, candidate_rx) = mpsc::unbounded_channel();
@@ -431,6 +433,7 @@ impl Peer {
         let pc = PeerConnectionBuilder::new()
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
+            .with_setting_engine(setting_engine)
             .with_handler(handler)
             // A concrete loopback address: a wildcard skips loopback interfaces.
             .with_udp_addrs(vec!["127.0.0.1:0".to_owned()])
@@ -735,6 +738,17 @@ impl Publisher {
     ///
     /// [`start_media`]: Publisher::start_media
     pub async fn new(config: MediaConfig) -> Result<Self> {
+        Self::build(config, SettingEngine::default()).await
+    }
+
+    /// A publisher whose ICE agent is ICE-lite (RFC 8445 §2.5) like the SFU's: it never sends
+    /// connectivity checks and makes the remote full agent controlling. For self-tests that
+    /// put a publisher where the SFU would be.
+    pub async fn new_ice_lite(config: MediaConfig) -> Result<Self> {
+        Self::build(config, SettingEngineBuilder::new().with_lite(true).build()).await
+    }
+
+    async fn build(config: MediaConfig, setting_engine: SettingEngine) -> Result<Self> {
         let mut media_engine = MediaEngine::default();
         media_engine.register_codec(
             RTCRtpCodecParameters {
@@ -754,7 +768,7 @@ impl Publisher {
             Slot::from(KEYFRAME_FORWARDER_SLOT),
             KeyframeRequestForwarder::default(),
         );
-        let peer = Peer::build(media_engine, registry, None).await?;
+        let peer = Peer::build(media_engine, registry, setting_engine, None).await?;
 
         let video_ssrc = random_u32();
         let audio_ssrc = random_u32().wrapping_add(1);
@@ -1404,7 +1418,13 @@ impl Subscriber {
         media_engine.register_default_codecs()?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
         let recorder = Arc::new(Recorder::new());
-        let peer = Peer::build(media_engine, registry, Some(Arc::clone(&recorder))).await?;
+        let peer = Peer::build(
+            media_engine,
+            registry,
+            SettingEngine::default(),
+            Some(Arc::clone(&recorder)),
+        )
+        .await?;
         Ok(Self { peer, recorder })
     }
 

@@ -1,0 +1,66 @@
+//! The fan-out hot path: one inbound SRTP video packet from the host → N viewer datagrams,
+//! SRTP decrypt and N encrypts included, socket send excluded. Reported per forwarded packet
+//! (criterion "elements" = N).
+//!
+//! `cargo bench -p sfu --bench fanout`
+#![allow(clippy::disallowed_methods)] // a benchmark measures wall time
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use harness::Harness;
+use sfu::SfuConfig;
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout");
+    group.sample_size(20);
+    group.measurement_time(Duration::from_secs(5));
+    for viewers in [1usize, 100, 1000] {
+        let mut h = Harness::new(SfuConfig {
+            // Room for one packet to every viewer, so nothing is dropped at N = 1000.
+            max_queued_datagrams: 4096,
+            ..SfuConfig::default()
+        });
+        let host = h.add_host("room");
+        h.run_for(Duration::from_millis(500));
+        h.send_frame(host, 1, true, Duration::from_millis(100));
+        for _ in 0..viewers {
+            h.add_viewer("room");
+        }
+        h.run_for(Duration::from_secs(2));
+        // A keyframe starts every viewer's stream, so all of them forward from here on.
+        h.send_frame(host, 2, true, Duration::from_millis(100));
+        let mut seq = 3u16;
+        group.throughput(Throughput::Elements(viewers as u64));
+        group.bench_function(format!("{viewers}_viewers"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let datagrams = h.host_video_datagrams(host, seq);
+                    seq = seq.wrapping_add(1);
+                    let now = h.now;
+                    let start = Instant::now();
+                    for d in datagrams {
+                        h.sfu.handle_datagram(now, d);
+                    }
+                    let mut sent = 0;
+                    while let Some(t) = h.sfu.poll_transmit() {
+                        black_box(&t);
+                        sent += 1;
+                    }
+                    total += start.elapsed();
+                    assert!(sent >= viewers, "every viewer got the packet ({sent}/{viewers})");
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

@@ -1,0 +1,396 @@
+//! An in-memory world for the SFU core: real `rtc` client peers (full ICE, DTLS, SRTP)
+//! exchange datagrams with an `Sfu` without sockets. Time is virtual: the harness advances
+//! a clock to the earliest deadline whenever nothing is in flight (quinn-proto's
+//! `Pair::drive`, str0m's `progress`). Shared by the core tests and the fan-out benchmark.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::RTCPeerConnection;
+use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp;
+use rtc::rtp_transceiver::RTCRtpSenderId;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::sansio::Protocol;
+use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuEvent};
+
+pub const SERVER: &str = "127.0.0.1:7882";
+
+/// One in-memory client peer.
+pub struct Client {
+    pub pc: RTCPeerConnection,
+    pub addr: SocketAddr,
+    pub sfu_peer: PeerId,
+    /// Received RTP per SSRC: (sequence number, timestamp, payload).
+    pub rtp: HashMap<u32, Vec<(u16, u32, Bytes)>>,
+    pub plis: usize,
+    pub offers: usize,
+    pub video: Option<(RTCRtpSenderId, u32)>,
+    pub audio: Option<(RTCRtpSenderId, u32)>,
+    /// Drop the next server→client datagram that carries RTP with this sequence number.
+    pub drop_seq: Option<u16>,
+    pub dropped: Vec<u16>,
+}
+
+pub struct Harness {
+    pub sfu: Sfu,
+    pub now: Instant,
+    pub clients: Vec<Client>,
+    pub server: SocketAddr,
+}
+
+impl Harness {
+    #[allow(clippy::disallowed_methods)] // the virtual clock starts somewhere real
+    pub fn new(config: SfuConfig) -> Self {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        Self {
+            sfu: Sfu::new(SfuConfig {
+                candidates: vec![server],
+                ..config
+            }),
+            now: Instant::now(),
+            clients: Vec::new(),
+            server,
+        }
+    }
+
+    pub fn client_pc(&self, addr: SocketAddr) -> RTCPeerConnection {
+        let mut engine = MediaEngine::default();
+        engine.register_default_codecs().unwrap();
+        // The SFU's own feedback marker, so the host sees the keyframe requests it is sent.
+        let registry = register_default_interceptors(Registry::new(), &mut engine)
+            .unwrap()
+            .with(sfu::codecs::FEEDBACK_SLOT, sfu::feedback::DeliverFeedback::default());
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_setting_engine(SettingEngineBuilder::new().build())
+            .with_media_engine(engine)
+            .with_interceptor_registry(registry)
+            .build(self.now)
+            .unwrap();
+        let candidate = CandidateHostConfig {
+            base_config: CandidateConfig {
+                network: "udp".into(),
+                address: addr.ip().to_string(),
+                port: addr.port(),
+                component: 1,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+        .new_candidate_host()
+        .unwrap();
+        pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap())
+            .unwrap();
+        pc.add_local_candidate(RTCIceCandidateInit::default()).unwrap();
+        pc
+    }
+
+    /// A host publishing one VP8 and one Opus track; returns the client index.
+    pub fn add_host(&mut self, room: &str) -> usize {
+        let addr: SocketAddr = format!("127.0.0.2:{}", 5000 + self.clients.len())
+            .parse()
+            .unwrap();
+        let mut pc = self.client_pc(addr);
+        let video_ssrc = rand::random();
+        let audio_ssrc = rand::random();
+        let video = pc.add_track(track(RtpCodecKind::Video, "video/VP8", 90000, 0, video_ssrc)).unwrap();
+        let audio = pc.add_track(track(RtpCodecKind::Audio, "audio/opus", 48000, 2, audio_ssrc)).unwrap();
+        let offer = pc.create_offer(None).unwrap();
+        pc.set_local_description(self.now, offer).unwrap();
+        let sdp = pc.local_description().unwrap().sdp;
+        let peer = self.sfu.add_peer(self.now, &RoomId::new(room), Role::Publisher).unwrap();
+        let answer = self.sfu.handle_offer(self.now, peer, &sdp).unwrap();
+        pc.set_remote_description(self.now, RTCSessionDescription::answer(answer).unwrap())
+            .unwrap();
+        self.clients.push(Client {
+            video: Some((video, video_ssrc)),
+            audio: Some((audio, audio_ssrc)),
+            ..Client::new(pc, addr, peer)
+        });
+        self.clients.len() - 1
+    }
+
+    pub fn add_viewer(&mut self, room: &str) -> usize {
+        let addr: SocketAddr = format!("127.0.0.3:{}", 5000 + self.clients.len())
+            .parse()
+            .unwrap();
+        let pc = self.client_pc(addr);
+        let peer = self.sfu.add_peer(self.now, &RoomId::new(room), Role::Subscriber).unwrap();
+        self.clients.push(Client::new(pc, addr, peer));
+        self.clients.len() - 1
+    }
+
+    /// Moves datagrams and events until nothing is in flight, then stops (time unchanged).
+    pub fn pump(&mut self) {
+        loop {
+            let mut moved = false;
+            while let Some(t) = self.sfu.poll_transmit() {
+                moved = true;
+                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.remote) else {
+                    continue;
+                };
+                if let Some(seq) = c.drop_seq
+                    && rtp_seq(&t.payload) == Some(seq)
+                {
+                    c.drop_seq = None;
+                    c.dropped.push(seq);
+                    continue;
+                }
+                let _ = c.pc.handle_read(TaggedBytesMut {
+                    now: self.now,
+                    transport: TransportContext {
+                        local_addr: c.addr,
+                        peer_addr: t.local,
+                        ecn: None,
+                        transport_protocol: TransportProtocol::UDP,
+                    },
+                    message: t.payload,
+                });
+            }
+            while let Some(event) = self.sfu.poll_event() {
+                moved = true;
+                if let SfuEvent::Offer { peer, sdp } = event {
+                    let c = self.clients.iter_mut().find(|c| c.sfu_peer == peer).unwrap();
+                    c.offers += 1;
+                    c.pc.set_remote_description(self.now, RTCSessionDescription::offer(sdp).unwrap())
+                        .unwrap();
+                    let answer = c.pc.create_answer(None).unwrap();
+                    c.pc.set_local_description(self.now, answer).unwrap();
+                    let sdp = c.pc.local_description().unwrap().sdp;
+                    self.sfu.handle_answer(self.now, peer, &sdp).unwrap();
+                }
+            }
+            for c in &mut self.clients {
+                while c.pc.poll_event().is_some() {}
+                while let Some(TaggedRTCMessage { message, .. }) = c.pc.poll_read() {
+                    match message {
+                        RTCMessage::RtpPacket(_, p) => c.rtp.entry(p.header.ssrc).or_default().push((
+                            p.header.sequence_number,
+                            p.header.timestamp,
+                            p.payload,
+                        )),
+                        RTCMessage::RtcpPacket(_, packets) => {
+                            c.plis += packets
+                                .iter()
+                                .filter(|p| p.as_any().is::<PictureLossIndication>())
+                                .count();
+                        }
+                        _ => {}
+                    }
+                }
+                while let Some(out) = c.pc.poll_write() {
+                    moved = true;
+                    self.sfu.handle_datagram(
+                        self.now,
+                        Datagram {
+                            local: self.server,
+                            remote: c.addr,
+                            payload: out.message,
+                        },
+                    );
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs until `deadline` (virtual), firing every timer on the way.
+    pub fn run_for(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        loop {
+            self.pump();
+            let next = self
+                .clients
+                .iter_mut()
+                .filter_map(|c| c.pc.poll_timeout())
+                .chain(self.sfu.poll_timeout())
+                .min();
+            match next {
+                Some(at) if at <= end => {
+                    self.now = self.now.max(at);
+                    self.sfu.handle_timeout(self.now);
+                    for c in &mut self.clients {
+                        if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
+                            let _ = c.pc.handle_timeout(self.now);
+                        }
+                    }
+                }
+                _ => {
+                    self.now = end;
+                    self.sfu.handle_timeout(self.now);
+                    self.pump();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The host sends one RTP packet per track and the world runs for `gap`.
+    pub fn send_frame(&mut self, host: usize, seq: u16, keyframe: bool, gap: Duration) {
+        let now = self.now;
+        let c = &mut self.clients[host];
+        let (video, video_ssrc) = c.video.unwrap();
+        let (audio, audio_ssrc) = c.audio.unwrap();
+        let vp8 = vp8_payload(seq, keyframe);
+        let mut sender = c.pc.rtp_sender(video).unwrap();
+        let pt = payload_type(&mut sender, "video/VP8");
+        sender
+            .write_rtp(now, rtp_packet(pt, seq, u32::from(seq) * 3000, video_ssrc, vp8))
+            .unwrap();
+        let mut sender = c.pc.rtp_sender(audio).unwrap();
+        let pt = payload_type(&mut sender, "audio/opus");
+        let opus = Bytes::from(format!("opus-{seq}").into_bytes());
+        sender
+            .write_rtp(now, rtp_packet(pt, seq, u32::from(seq) * 960, audio_ssrc, opus))
+            .unwrap();
+        self.run_for(gap);
+    }
+}
+
+impl Harness {
+    /// The host's encrypted datagram(s) for one video packet, taken off its wire instead of
+    /// delivered, so a benchmark can time only what the SFU does with them.
+    pub fn host_video_datagrams(&mut self, host: usize, seq: u16) -> Vec<Datagram> {
+        let now = self.now;
+        let server = self.server;
+        let c = &mut self.clients[host];
+        let (video, ssrc) = c.video.unwrap();
+        let mut sender = c.pc.rtp_sender(video).unwrap();
+        let pt = payload_type(&mut sender, "video/VP8");
+        let mut payload = vec![0x10, 0x01];
+        payload.resize(1100, 0xAB);
+        sender
+            .write_rtp(now, rtp_packet(pt, seq, u32::from(seq) * 3000, ssrc, Bytes::from(payload)))
+            .unwrap();
+        let mut out = Vec::new();
+        while let Some(t) = c.pc.poll_write() {
+            out.push(Datagram {
+                local: server,
+                remote: c.addr,
+                payload: t.message,
+            });
+        }
+        out
+    }
+}
+
+impl Client {
+    pub fn new(pc: RTCPeerConnection, addr: SocketAddr, sfu_peer: PeerId) -> Self {
+        Self {
+            pc,
+            addr,
+            sfu_peer,
+            rtp: HashMap::new(),
+            plis: 0,
+            offers: 0,
+            video: None,
+            audio: None,
+            drop_seq: None,
+            dropped: Vec::new(),
+        }
+    }
+
+    /// The received stream whose payloads look like VP8 test frames.
+    pub fn video(&self) -> (u32, &[(u16, u32, Bytes)]) {
+        self.rtp
+            .iter()
+            .find(|(_, v)| v.iter().any(|(_, _, p)| p.starts_with(&[0x10])))
+            .map(|(ssrc, v)| (*ssrc, v.as_slice()))
+            .unwrap_or((0, &[]))
+    }
+
+    pub fn audio(&self) -> (u32, &[(u16, u32, Bytes)]) {
+        self.rtp
+            .iter()
+            .find(|(_, v)| v.iter().any(|(_, _, p)| p.starts_with(b"opus-")))
+            .map(|(ssrc, v)| (*ssrc, v.as_slice()))
+            .unwrap_or((0, &[]))
+    }
+}
+
+pub fn track(kind: RtpCodecKind, mime: &str, clock_rate: u32, channels: u16, ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "host".into(),
+        format!("{mime}-{ssrc}"),
+        mime.into(),
+        kind,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: mime.into(),
+                clock_rate,
+                channels,
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    )
+}
+
+pub fn payload_type(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, mime: &str) -> u8 {
+    sender
+        .get_parameters()
+        .rtp_parameters
+        .codecs
+        .iter()
+        .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
+        .map(|c| c.payload_type)
+        .expect("codec negotiated")
+}
+
+/// A VP8 test payload: descriptor with S=1/PID=0, a frame tag whose P bit marks keyframes,
+/// then the sequence number so every payload is distinct.
+pub fn vp8_payload(seq: u16, keyframe: bool) -> Bytes {
+    let mut p = vec![0x10, if keyframe { 0x00 } else { 0x01 }];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0xAB; 100]);
+    Bytes::from(p)
+}
+
+pub fn rtp_packet(payload_type: u8, seq: u16, timestamp: u32, ssrc: u32, payload: Bytes) -> rtp::Packet {
+    rtp::Packet {
+        header: rtp::header::Header {
+            version: 2,
+            marker: true,
+            payload_type,
+            sequence_number: seq,
+            timestamp,
+            ssrc,
+            ..Default::default()
+        },
+        payload,
+    }
+}
+
+/// The sequence number of an SRTP datagram (the RTP header is sent in clear), if it is RTP.
+pub fn rtp_seq(datagram: &BytesMut) -> Option<u16> {
+    let is_rtp = datagram.len() >= 12
+        && (128..=191).contains(&datagram[0])
+        && !(64..=95).contains(&(datagram[1] & 0x7f));
+    is_rtp.then(|| u16::from_be_bytes([datagram[2], datagram[3]]))
+}
+

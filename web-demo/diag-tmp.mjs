@@ -1,0 +1,20 @@
+import { chromium } from 'playwright-core';
+import { spawn } from 'node:child_process';
+const srv = spawn('../target/debug/marquee', ['--http', '127.0.0.1:8097', '--udp', '127.0.0.1:7897', '--web-root', process.cwd()], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, RUST_LOG: 'warn,rtc_dtls=error,rtc=error' } });
+srv.stdout.on('data', d => process.stdout.write('SRV ' + d)); srv.stderr.on('data', d => process.stdout.write('SRV ' + d));
+await new Promise(r => setTimeout(r, 1500));
+const url = 'http://127.0.0.1:8097';
+const args = ['--headless','--no-sandbox','--disable-gpu','--use-fake-device-for-media-stream','--use-fake-ui-for-media-stream','--allow-loopback-in-peer-connection','--autoplay-policy=no-user-gesture-required','--auto-select-desktop-capture-source=Entire screen'];
+const b = await chromium.launch({ executablePath: '/usr/bin/chromium', args });
+const page = async (u) => { const c = await b.newContext(); const p = await c.newPage(); await p.goto(u); return p; };
+const st = (p, type) => p.evaluate(async (type) => { for (const s of (await window.marquee.pc.getStats()).values()) if (s.type === type && s.kind === 'video') return `pkts=${s.packetsSent ?? s.packetsReceived} bytes=${s.bytesSent ?? s.bytesReceived} frames=${s.framesEncoded ?? s.framesDecoded} pli=${s.pliCount} ${s.frameWidth}x${s.frameHeight} tgt=${s.targetBitrate}`; }, type);
+const host = await page(url + '/host.html');
+if (process.argv[2] === 'screen') await host.click('#source-screen');
+await host.click('#start');
+await host.waitForFunction(() => window.marquee.pc?.connectionState === 'connected');
+const code = await host.textContent('#room-code');
+const v = await page(`${url}/watch.html?room=${code}`);
+await v.waitForFunction(() => document.querySelector('#video').videoWidth > 0, null, {timeout: 10000});
+for (let i = 0; i < 8; i++) { await v.waitForTimeout(1500); console.log(i, 'host', await st(host, 'outbound-rtp'), '| view', await st(v, 'inbound-rtp')); }
+await b.close();
+srv.kill();
