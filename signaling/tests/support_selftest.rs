@@ -232,7 +232,6 @@ async fn relay_forwards_both_ways_and_drops_media_to_the_client() -> Result<()> 
 #[tokio::test]
 async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
     let relay = Arc::new(LossyRelay::start(DropRule::EveryNthVideo(7)).await?);
-    let t0 = std::time::Instant::now();
     let publisher = Publisher::new(MediaConfig {
         // Keyframes only first and on request, so the PLI's effect is unambiguous.
         keyframe_interval: 0,
@@ -258,7 +257,6 @@ async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
         subscriber.wait_connected(WAIT)
     )?;
 
-    eprintln!("p connected {:?}", t0.elapsed());
     publisher.start_media();
     subscriber
         .wait_for(WAIT, |s| {
@@ -368,7 +366,6 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
         }
     });
 
-    let t0 = std::time::Instant::now();
     let host = Host::join_with(
         server_addr,
         HostOptions {
@@ -380,7 +377,6 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
         },
     )
     .await?;
-    eprintln!("host connected {:?}", t0.elapsed());
     assert_eq!(host.room(), "ROOM1");
     assert_eq!(host.joined().host_key.as_deref(), Some("key"));
     subscriber
@@ -430,8 +426,9 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
 
 /// `Viewer` over the WebSocket protocol, routed through a lossy relay: messages before
 /// `joined` are kept, the server's offer and a renegotiation offer are answered, and lost
-/// video is recovered by NACK. Like the ICE-lite SFU, the fake server's peer never receives
-/// the viewer's candidates and learns its address from the connectivity checks.
+/// video is recovered by NACK. The fake server's peer is ICE-lite like the SFU: its candidate
+/// is in the offer, it ignores the viewer's trickled candidates and answers the viewer's
+/// connectivity checks, which the relay forwards.
 #[tokio::test]
 async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -473,7 +470,6 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
     });
 
     let relay = Arc::new(LossyRelay::start(DropRule::EveryNthVideo(5)).await?);
-    let t0 = std::time::Instant::now();
     let mut viewer = Viewer::join_via_relay(server_addr, "ROOM1", Arc::clone(&relay)).await?;
     assert_eq!(viewer.joined().room, "ROOM1");
     let early = viewer
@@ -484,8 +480,7 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
         room_state(),
         "the roomState sent before joined is kept"
     );
-    viewer.wait_connected(WAIT).await?; eprintln!("connected {:?} answered {}", t0.elapsed(), viewer.offers_answered());
-    viewer.wait_for(WAIT, |v| v.first_keyframe_at().is_some()).await?; eprintln!("kf {:?}", t0.elapsed());
+    viewer.wait_connected(WAIT).await?;
     viewer
         .wait_for(WAIT, |v| {
             v.offers_answered() == 2
@@ -498,7 +493,7 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
     assert!(viewer.first_keyframe_at() >= viewer.first_packet_at(MediaKind::Video));
     assert!(viewer.join_sent_at() < viewer.first_packet_at(MediaKind::Video).unwrap());
     assert_eq!(relay.server(), Some(publisher_addr(&publisher).await?));
-    let dropped = relay.dropped(); eprintln!("media {:?}", t0.elapsed());
+    let dropped = relay.dropped();
     viewer
         .wait_for(WAIT, |v| {
             dropped.iter().all(|&(ssrc, seq)| v.has_packet(ssrc, seq))
@@ -509,8 +504,7 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
     viewer
         .recv_until(|m| matches!(m, ServerMessage::Offer { .. }))
         .await?;
-    eprintln!("recovered {:?}", t0.elapsed());
-    viewer.close().await?; eprintln!("closed {:?}", t0.elapsed());
+    viewer.close().await?;
 
     let log = tokio::time::timeout(WAIT, server).await???;
     assert!(matches!(

@@ -46,6 +46,8 @@ const state = {
   /** Outbound video summary, e.g. "Sending 1280×720 30 fps · 1500 kbps". */
   sending: '',
   error: null,
+  /** Sessions joined so far: 1 unless the page had to reconnect. */
+  joins: 0,
 };
 
 const signaling = new Signaling();
@@ -120,6 +122,7 @@ signaling.addEventListener('close', () => {
 
 signaling.addEventListener('joined', (e) => {
   const msg = e.detail;
+  state.joins++;
   state.room = msg.room;
   state.peerId = msg.peerId;
   if (msg.hostKey) sessionStorage.setItem(hostKeyItem(msg.room), msg.hostKey);
@@ -247,7 +250,12 @@ async function publish() {
     render();
   };
 
-  await pc.setLocalDescription(await pc.createOffer());
+  try {
+    await mine.setLocalDescription(await mine.createOffer());
+  } catch (err) {
+    if (mine !== pc) return; // closed meanwhile (stop, reconnect): nothing to report
+    throw err;
+  }
   if (mine !== pc) return;
   signaling.offer(pc.localDescription.sdp);
   // Candidates only after the offer: the server refuses them before (candidate_before_offer).

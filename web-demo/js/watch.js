@@ -45,6 +45,9 @@ const state = {
   notice: null,
   error: null,
   fatal: false,
+  /** Sessions joined so far (1 on a healthy page) and stalled media paths restarted. */
+  joins: 0,
+  stalls: 0,
 };
 
 const signaling = new Signaling();
@@ -112,6 +115,7 @@ signaling.addEventListener('close', () => {
 });
 
 signaling.addEventListener('joined', (e) => {
+  state.joins++;
   state.peerId = e.detail.peerId;
   state.notice = null;
   state.error = null;
@@ -121,10 +125,7 @@ signaling.addEventListener('joined', (e) => {
 signaling.addEventListener('offer', (e) => {
   const { sdp } = e.detail;
   // Offers are applied strictly in order; a renegotiation waits for the previous answer.
-  negotiation = negotiation.then(() => answerOffer(sdp)).catch((err) => {
-    console.error('[watch] negotiation failed', err);
-    restartSession(`Could not apply the server's offer (${err.message})`);
-  });
+  negotiation = negotiation.then(() => answerOffer(sdp));
 });
 
 signaling.addEventListener('roomState', (e) => {
@@ -189,8 +190,15 @@ function createPc() {
 async function answerOffer(sdp) {
   if (!pc) createPc();
   const mine = pc;
-  await mine.setRemoteDescription({ type: 'offer', sdp });
-  await mine.setLocalDescription(await mine.createAnswer());
+  try {
+    await mine.setRemoteDescription({ type: 'offer', sdp });
+    await mine.setLocalDescription(await mine.createAnswer());
+  } catch (err) {
+    if (mine !== pc) return; // torn down meanwhile: nothing to repair
+    console.error('[watch] negotiation failed', err);
+    restartSession(`Could not apply the server's offer (${err.message})`);
+    return;
+  }
   if (mine !== pc) return;
   signaling.answer(mine.localDescription.sdp);
   if (!answerSent) {
@@ -239,6 +247,7 @@ function onPcState(s) {
   clearTimeout(disconnectTimer);
   if (s === 'connected') {
     failures = 0;
+    state.error = null; // e.g. an unusable candidate that did not matter in the end
   } else if (s === 'failed') {
     restartSession('Media connection failed');
   } else if (s === 'disconnected') {
@@ -273,22 +282,51 @@ function teardown() {
   ui.video.srcObject = null;
 }
 
-// ---- Stats line ----------------------------------------------------------------------
+// ---- Stats line and stall watchdog ---------------------------------------------------
 
+/**
+ * A connected peer connection that receives no RTP at all for this long while the room is
+ * live has silently lost its media path (a NAT rebinding, a server following the wrong ICE
+ * pair): start over rather than show a frozen picture forever. Audio alone flows at ~50
+ * packets/s, so this never fires on a healthy stream.
+ */
+const MEDIA_STALL_MS = 10_000;
 let lastBytes = null;
+let lastPackets = { count: -1, at: 0 };
+let stallRestarts = 0;
 setInterval(async () => {
   if (!pc) {
     ui.stats.textContent = '';
     lastBytes = null;
+    lastPackets = { count: -1, at: 0 };
     return;
   }
-  const stats = await pc.getStats();
+  const mine = pc;
+  const stats = await mine.getStats();
+  if (mine !== pc) return;
+  let packets = 0;
   for (const s of stats.values()) {
-    if (s.type !== 'inbound-rtp' || s.kind !== 'video') continue;
+    if (s.type !== 'inbound-rtp') continue;
+    packets += s.packetsReceived ?? 0;
+    if (s.kind !== 'video') continue;
     const rate = lastBytes ? ` · ${Math.round(((s.bytesReceived - lastBytes.bytes) * 8) / (s.timestamp - lastBytes.at))} kbps` : '';
     lastBytes = { bytes: s.bytesReceived, at: s.timestamp };
     const fps = s.framesPerSecond ? ` ${Math.round(s.framesPerSecond)} fps` : '';
     ui.stats.textContent = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}${fps}${rate}` : '';
+  }
+  const now = performance.now();
+  const receiving = state.live && mine.connectionState === 'connected' && received.length > 0;
+  if (!receiving || packets !== lastPackets.count) {
+    if (packets > lastPackets.count && lastPackets.count >= 0) stallRestarts = 0;
+    lastPackets = { count: packets, at: now };
+  } else if (now - lastPackets.at > MEDIA_STALL_MS) {
+    state.stalls++;
+    const delay = Math.min(30_000, 1_000 * 2 ** stallRestarts++);
+    console.warn(`[watch] no media for ${MEDIA_STALL_MS} ms while live; rejoining in ${delay} ms`);
+    teardown();
+    state.notice = 'The stream stalled. Reconnecting…';
+    signaling.restart(delay);
+    render();
   }
 }, STATS_INTERVAL_MS);
 

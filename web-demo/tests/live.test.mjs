@@ -46,6 +46,12 @@ const VIEWER_COUNT_MS = 10_000;
 const FRAME_WINDOW_MS = 2_000;
 const MIN_FRAMES_IN_WINDOW = 10;
 const AUDIO_WINDOW_MS = 1_500;
+/**
+ * Video must still be moving this long after the host went live: long enough for the host's
+ * bandwidth estimate to ramp up and its encoder to change resolution (about 4-6 s in), which
+ * a forwarder has to survive without freezing its viewers.
+ */
+const SUSTAINED_MS = 15_000;
 
 let server;
 let browser;
@@ -85,6 +91,7 @@ test('host goes live with the camera; two viewers see moving video and hear audi
     assert.equal(shareLink, `${server.url}/watch.html?room=${encodeURIComponent(code)}`);
     await host.waitForFunction(() => window.marquee.pc?.connectionState === 'connected',
       null, { timeout: MEDIA_CONNECTED_MS });
+    const liveAt = Date.now();
 
     const viewers = await Promise.all([1, 2].map(async (i) =>
       openPage(await newContext(), `viewer${i}`, `${server.url}/watch.html?room=${encodeURIComponent(code)}`)));
@@ -93,23 +100,20 @@ test('host goes live with the camera; two viewers see moving video and hear audi
       await viewer.waitForFunction(() => document.querySelector('#video').videoWidth > 0,
         null, { timeout: FIRST_FRAME_MS });
     }
-    const checks = await Promise.all(viewers.map(async (viewer) => ({
-      name: viewer.marqueeName,
-      frames: await countFrames(viewer, FRAME_WINDOW_MS),
-      audio: await audioPacketsRise(viewer, AUDIO_WINDOW_MS),
-      size: await viewer.evaluate(() => {
-        const v = document.querySelector('#video');
-        return `${v.videoWidth}x${v.videoHeight}`;
-      }),
-    })));
-    for (const c of checks) {
-      console.log(`${c.name}: ${c.size}, ${c.frames} frames in ${FRAME_WINDOW_MS} ms, audio packets ${c.audio.before} -> ${c.audio.after}`);
-      assert.ok(c.frames > MIN_FRAMES_IN_WINDOW, `${c.name}: only ${c.frames} frames in ${FRAME_WINDOW_MS} ms`);
-      assert.ok(c.audio.after > c.audio.before, `${c.name}: inbound audio packets not rising (${c.audio.before} -> ${c.audio.after})`);
-    }
+    await assertWatching(viewers, 'after joining');
 
     await host.waitForFunction(() => document.querySelector('#viewer-count').textContent.trim() === '2',
       null, { timeout: VIEWER_COUNT_MS });
+
+    // A person keeps watching: the picture must not freeze once the stream settles.
+    await sleep(Math.max(0, liveAt + SUSTAINED_MS - Date.now()));
+    await assertWatching(viewers, `${SUSTAINED_MS / 1000} s after going live`);
+
+    // Healthy media never needed a second session: reconnects would hide server bugs.
+    for (const page of [host, ...viewers]) {
+      const { joins, stalls } = await page.evaluate(() => window.marquee.state);
+      assert.equal(joins, 1, `${page.marqueeName} joined ${joins} times (media stalls: ${stalls ?? 0})`);
+    }
 
     await mkdir(RESULTS_DIR, { recursive: true });
     await viewers[0].screenshot({ path: path.join(RESULTS_DIR, 'viewer.png') });
@@ -172,6 +176,31 @@ async function openPage(context, name, url) {
   return page;
 }
 
+/** Every viewer shows a moving picture and receives audio, measured concurrently. */
+async function assertWatching(viewers, when) {
+  const checks = await Promise.all(viewers.map(async (viewer) => ({
+    name: viewer.marqueeName,
+    frames: await countFrames(viewer, FRAME_WINDOW_MS),
+    audio: await audioPacketsRise(viewer, AUDIO_WINDOW_MS),
+    size: await viewer.evaluate(() => {
+      const v = document.querySelector('#video');
+      return `${v.videoWidth}x${v.videoHeight}`;
+    }),
+  })));
+  for (const c of checks) {
+    console.log(`${when}: ${c.name}: ${c.size}, ${c.frames} frames in ${FRAME_WINDOW_MS} ms, audio packets ${c.audio.before} -> ${c.audio.after}`);
+  }
+  for (const c of checks) {
+    if (c.audio.before === null || c.audio.after === null) {
+      const { notice } = await viewers.find((v) => v.marqueeName === c.name).evaluate(() => window.marquee.state);
+      assert.fail(`${when}: ${c.name} has no peer connection: it is reconnecting (${notice})`);
+    }
+    assert.ok(c.frames > MIN_FRAMES_IN_WINDOW, `${when}: ${c.name}: only ${c.frames} frames in ${FRAME_WINDOW_MS} ms`);
+    assert.ok(c.audio.after > c.audio.before,
+      `${when}: ${c.name}: inbound audio packets not rising (${c.audio.before} -> ${c.audio.after})`);
+  }
+}
+
 function assertNoPageErrors() {
   const errors = pages.flatMap((p) => p.marqueeErrors.map((e) => `${p.marqueeName}: ${e}`));
   assert.deepEqual(errors, [], 'uncaught errors in pages');
@@ -187,14 +216,36 @@ async function withDiagnostics(body) {
     for (const page of pages) {
       let state = '';
       try {
-        state = await page.evaluate(() => JSON.stringify({
-          state: window.marquee?.state,
-          pc: window.marquee?.pc && {
-            connectionState: window.marquee.pc.connectionState,
-            iceConnectionState: window.marquee.pc.iceConnectionState,
-            signalingState: window.marquee.pc.signalingState,
-          },
-        }));
+        state = await page.evaluate(async () => {
+          const pc = window.marquee?.pc;
+          const rtp = [];
+          if (pc) {
+            const all = await pc.getStats();
+            const selected = [...all.values()].find((s) => s.type === 'transport')?.selectedCandidatePairId;
+            for (const s of all.values()) {
+              if (s.type === 'candidate-pair' && (s.nominated || s.id === selected)) {
+                const local = all.get(s.localCandidateId);
+                const remote = all.get(s.remoteCandidateId);
+                rtp.push(`ice pair ${local?.address}:${local?.port} -> ${remote?.address}:${remote?.port}`
+                  + `${s.id === selected ? ' (selected)' : ''} nominated=${s.nominated} ${s.state}`
+                  + ` packetsSent=${s.packetsSent} packetsReceived=${s.packetsReceived}`);
+              }
+              if (s.type !== 'inbound-rtp' && s.type !== 'outbound-rtp') continue;
+              rtp.push(`${s.type} ${s.kind} ssrc=${s.ssrc} packets=${s.packetsReceived ?? s.packetsSent}`
+                + ` frames=${s.framesDecoded ?? s.framesEncoded ?? '-'} ${s.frameWidth ?? ''}x${s.frameHeight ?? ''}`
+                + ` pli=${s.pliCount ?? '-'} nack=${s.nackCount ?? '-'}`);
+            }
+          }
+          return JSON.stringify({
+            state: window.marquee?.state,
+            pc: pc && {
+              connectionState: pc.connectionState,
+              iceConnectionState: pc.iceConnectionState,
+              signalingState: pc.signalingState,
+            },
+            rtp,
+          });
+        });
       } catch (e) {
         state = `(unavailable: ${e.message})`;
       }
@@ -231,6 +282,7 @@ async function countFrames(page, ms) {
 /** `packetsReceived` of the viewer's inbound audio RTP stream, read twice `ms` apart. */
 async function audioPacketsRise(page, ms) {
   const read = () => page.evaluate(async () => {
+    if (!window.marquee.pc) return null; // torn down: the page is reconnecting
     const stats = await window.marquee.pc.getStats();
     let packets = 0;
     for (const s of stats.values()) {
@@ -257,7 +309,7 @@ async function startServer() {
   const args = ['--http', `127.0.0.1:${httpPort}`, '--udp', `127.0.0.1:${udpPort}`, '--web-root', WEB_ROOT];
   const lines = [];
   const proc = spawn(MARQUEE_BIN, args, {
-    env: { RUST_LOG: 'info', ...process.env },
+    env: { RUST_LOG: 'info', NO_COLOR: '1', ...process.env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const keep = (chunk) => {

@@ -10,7 +10,7 @@
 pub mod client;
 pub mod media;
 pub mod relay;
-// pub mod server; // in-process server helper (lead)
+pub mod server;
 
 pub use client::*;
 pub use media::*;
