@@ -24,15 +24,24 @@ pub fn classify(datagram: &[u8]) -> DatagramKind {
 const STUN_HEADER_LEN: usize = 20;
 const STUN_MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 const ATTR_USERNAME: u16 = 0x0006;
+/// RFC 8445 §7.1.2: the controlling agent nominates the pair a check with this travels on.
+const ATTR_USE_CANDIDATE: u16 = 0x0025;
 /// Binding request: method 0x001, class request.
 const STUN_BINDING_REQUEST: u16 = 0x0001;
 
-/// Returns the local ufrag of an ICE connectivity check: the part of the USERNAME attribute
-/// before the colon (`"<server ufrag>:<client ufrag>"`, RFC 8445 §7.2.2).
-///
-/// Returns `None` for anything that is not a well-formed STUN binding request with a
-/// USERNAME; never panics on arbitrary input.
-pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
+/// What routing needs from an ICE connectivity check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindingRequest<'a> {
+    /// The local ufrag: the part of USERNAME before the colon (`"<server>:<client>"`,
+    /// RFC 8445 §7.2.2).
+    pub local_ufrag: &'a str,
+    /// Carries USE-CANDIDATE: the client nominates the pair this check arrived on.
+    pub use_candidate: bool,
+}
+
+/// Parses a STUN binding request far enough to route it. Returns `None` for anything that is
+/// not a well-formed binding request with a USERNAME; never panics on arbitrary input.
+pub fn parse_binding_request(datagram: &[u8]) -> Option<BindingRequest<'_>> {
     if datagram.len() < STUN_HEADER_LEN || datagram[4..8] != STUN_MAGIC_COOKIE {
         return None;
     }
@@ -42,26 +51,40 @@ pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
     let body_len = usize::from(u16::from_be_bytes([datagram[2], datagram[3]]));
     let body = datagram.get(STUN_HEADER_LEN..STUN_HEADER_LEN + body_len)?;
     let mut rest = body;
+    let mut local_ufrag = None;
+    let mut use_candidate = false;
     while rest.len() >= 4 {
         let attr_type = u16::from_be_bytes([rest[0], rest[1]]);
         let attr_len = usize::from(u16::from_be_bytes([rest[2], rest[3]]));
         let value = rest.get(4..4 + attr_len)?;
-        if attr_type == ATTR_USERNAME {
-            let username = std::str::from_utf8(value).ok()?;
-            return username.split(':').next();
+        match attr_type {
+            ATTR_USERNAME => {
+                let username = std::str::from_utf8(value).ok()?;
+                local_ufrag = username.split(':').next();
+            }
+            ATTR_USE_CANDIDATE => use_candidate = true,
+            _ => {}
         }
         // Attributes are padded to a multiple of four bytes.
         let padded = (attr_len + 3) & !3;
-        rest = rest.get(4 + padded..)?;
+        rest = rest.get(4 + padded..).unwrap_or_default();
     }
-    None
+    Some(BindingRequest {
+        local_ufrag: local_ufrag?,
+        use_candidate,
+    })
+}
+
+/// The local ufrag of a binding request; see [`parse_binding_request`].
+pub fn stun_local_ufrag(datagram: &[u8]) -> Option<&str> {
+    parse_binding_request(datagram).map(|r| r.local_ufrag)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn binding_request(username: &str) -> Vec<u8> {
+    fn binding_request(username: &str, nominate: bool) -> Vec<u8> {
         let mut attrs = Vec::new();
         attrs.extend_from_slice(&ATTR_USERNAME.to_be_bytes());
         attrs.extend_from_slice(&(username.len() as u16).to_be_bytes());
@@ -71,6 +94,10 @@ mod tests {
         }
         // A second attribute after USERNAME, as real checks carry (PRIORITY).
         attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
+        if nominate {
+            attrs.extend_from_slice(&ATTR_USE_CANDIDATE.to_be_bytes());
+            attrs.extend_from_slice(&[0, 0]);
+        }
         let mut msg = Vec::new();
         msg.extend_from_slice(&STUN_BINDING_REQUEST.to_be_bytes());
         msg.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
@@ -82,14 +109,23 @@ mod tests {
 
     #[test]
     fn reads_local_ufrag_from_binding_request() {
-        let msg = binding_request("srvUfrag:cli");
+        let msg = binding_request("srvUfrag:cli", false);
         assert_eq!(classify(&msg), DatagramKind::Stun);
         assert_eq!(stun_local_ufrag(&msg), Some("srvUfrag"));
+        assert!(!parse_binding_request(&msg).unwrap().use_candidate);
+        let nominating = binding_request("srvUfrag:cli", true);
+        assert_eq!(
+            parse_binding_request(&nominating),
+            Some(BindingRequest {
+                local_ufrag: "srvUfrag",
+                use_candidate: true
+            })
+        );
     }
 
     #[test]
     fn rejects_truncated_and_foreign_input() {
-        let msg = binding_request("abc:def");
+        let msg = binding_request("abc:def", true);
         for cut in 0..msg.len() {
             // Any truncation must be handled without panicking; a cut inside the body is None.
             let _ = stun_local_ufrag(&msg[..cut]);

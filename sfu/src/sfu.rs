@@ -47,7 +47,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::codecs::{Codec, engine_for};
-use crate::demux::{DatagramKind, classify, stun_local_ufrag};
+use crate::demux::{DatagramKind, classify, parse_binding_request};
 use crate::keyframe::starts_keyframe;
 use crate::rewrite::SourceRewriter;
 use crate::ring::{PacketRing, SeqExtender, StoredPacket};
@@ -121,6 +121,10 @@ struct Peer {
     needs_offer: bool,
     /// Whether any remote description was applied (candidates need one).
     has_remote_description: bool,
+    /// The remote address of the latest nominated pair. A controlling client may nominate
+    /// several pairs (two interfaces, Wi-Fi and cellular) and uses the last; `rtc`'s ICE-lite
+    /// agent keeps sending on the first, so DTLS and media are sent here instead.
+    nominated: Option<SocketAddr>,
     /// Connectivity checks that arrived before the remote description (a client starts
     /// checking the moment it has *its* description, one signaling hop before we have it).
     /// Replayed once the description is applied instead of costing a STUN retransmission
@@ -281,6 +285,7 @@ impl Sfu {
                 offer_outstanding: false,
                 needs_offer: false,
                 has_remote_description: false,
+                nominated: None,
                 early: Vec::new(),
             },
         );
@@ -431,16 +436,16 @@ impl Sfu {
         self.stats.datagrams_in += 1;
         let kind = classify(&datagram.payload);
         let peer = match kind {
-            DatagramKind::Stun => {
-                let by_ufrag = stun_local_ufrag(&datagram.payload)
-                    .and_then(|ufrag| self.by_ufrag.get(ufrag).copied());
-                if let Some(peer) = by_ufrag {
-                    self.learn_address(peer, datagram.remote);
-                    Some(peer)
-                } else {
-                    self.by_addr.get(&datagram.remote).copied()
+            DatagramKind::Stun => match parse_binding_request(&datagram.payload) {
+                Some(check) => {
+                    let peer = self.by_ufrag.get(check.local_ufrag).copied();
+                    if let Some(peer) = peer {
+                        self.learn_address(peer, datagram.remote, check.use_candidate);
+                    }
+                    peer
                 }
-            }
+                None => self.by_addr.get(&datagram.remote).copied(),
+            },
             DatagramKind::Dtls | DatagramKind::Rtp => self.by_addr.get(&datagram.remote).copied(),
             DatagramKind::Unknown => None,
         };
@@ -576,14 +581,16 @@ impl Sfu {
         }
     }
 
-    fn learn_address(&mut self, peer: PeerId, remote: SocketAddr) {
-        if self.by_addr.insert(remote, peer) == Some(peer) {
-            return;
-        }
-        if let Some(p) = self.peers.get_mut(&peer)
-            && !p.remotes.contains(&remote)
-        {
-            p.remotes.push(remote);
+    /// Records that `remote` proved (by a check with the peer's credentials) to be `peer`.
+    fn learn_address(&mut self, peer: PeerId, remote: SocketAddr, nominated: bool) {
+        self.by_addr.insert(remote, peer);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            if !p.remotes.contains(&remote) {
+                p.remotes.push(remote);
+            }
+            if nominated {
+                p.nominated = Some(remote);
+            }
         }
     }
 
@@ -1173,9 +1180,15 @@ fn enqueue_writes(
             stats.datagrams_dropped += 1;
             continue;
         }
+        // STUN answers go back where the check came from; everything else follows the
+        // client's latest nomination (see `Peer::nominated`).
+        let remote = match p.nominated {
+            Some(nominated) if classify(&out.message) != DatagramKind::Stun => nominated,
+            _ => out.transport.peer_addr,
+        };
         p.queue.push_back(Transmit {
             local: out.transport.local_addr,
-            remote: out.transport.peer_addr,
+            remote,
             payload: out.message,
         });
     }

@@ -46,7 +46,10 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            // rtc's DTLS and ICE log routine protocol noise (unknown TLS extensions,
+            // checks for a peer not yet configured) at warn level.
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,rtc_dtls=error,rtc_ice=error")),
         )
         .init();
     let cli = Cli::parse();

@@ -192,8 +192,10 @@ async function assertWatching(viewers, when) {
   }
   for (const c of checks) {
     if (c.audio.before === null || c.audio.after === null) {
-      const { notice } = await viewers.find((v) => v.marqueeName === c.name).evaluate(() => window.marquee.state);
-      assert.fail(`${when}: ${c.name} has no peer connection: it is reconnecting (${notice})`);
+      const { joins, stalls, notice } = await viewers.find((v) => v.marqueeName === c.name)
+        .evaluate(() => window.marquee.state);
+      assert.fail(`${when}: ${c.name} lost its peer connection and had to rejoin`
+        + ` (joins: ${joins}, media stalls detected: ${stalls}${notice ? `, showing "${notice}"` : ''})`);
     }
     assert.ok(c.frames > MIN_FRAMES_IN_WINDOW, `${when}: ${c.name}: only ${c.frames} frames in ${FRAME_WINDOW_MS} ms`);
     assert.ok(c.audio.after > c.audio.before,
