@@ -24,6 +24,10 @@ pub struct SfuConfig {
     /// reconnects or switches source is rebound to the same track: viewers see no
     /// renegotiation and no new SSRC, only a short pause.
     pub track_grace: Duration,
+    /// A connected peer from which nothing at all arrived for this long is reported
+    /// [`crate::ConnectionState::Failed`]. Browsers send consent checks every ~5 s
+    /// (RFC 7675) and RTCP every second, so 15 s is three missed consent checks.
+    pub peer_timeout: Duration,
     /// Retransmissions served for one NACK packet; the rest of a huge NACK is ignored so a
     /// malicious or broken viewer cannot turn one small RTCP packet into a flood.
     pub max_retransmissions_per_nack: usize,
@@ -38,6 +42,7 @@ impl Default for SfuConfig {
             keyframe_request_interval: Duration::from_millis(500),
             track_grace: Duration::from_secs(15),
             max_retransmissions_per_nack: 64,
+            peer_timeout: Duration::from_secs(15),
         }
     }
 }

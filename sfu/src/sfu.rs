@@ -18,7 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rtc::media_stream::MediaStreamTrack;
@@ -99,7 +99,13 @@ pub struct Sfu {
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     events: VecDeque<SfuEvent>,
     stats: SfuStats,
+    /// When connected peers are next checked for silence (see [`SfuConfig::peer_timeout`]).
+    next_liveness_sweep: Option<Instant>,
 }
+
+/// How often connected peers are checked for silence. One pass over all peers per second is
+/// cheap even with thousands, and avoids touching a timer per packet.
+const LIVENESS_SWEEP: Duration = Duration::from_secs(1);
 
 struct Peer {
     room: RoomId,
@@ -123,8 +129,11 @@ struct Peer {
     has_remote_description: bool,
     /// The remote address of the latest nominated pair. A controlling client may nominate
     /// several pairs (two interfaces, Wi-Fi and cellular) and uses the last; `rtc`'s ICE-lite
-    /// agent keeps sending on the first, so DTLS and media are sent here instead.
+    /// agent keeps the first (rtc-ice `handle_binding_request` selects only when none is),
+    /// so DTLS and media are sent here instead.
     nominated: Option<SocketAddr>,
+    /// When the last datagram from any of the peer's addresses arrived.
+    last_heard: Instant,
     /// Connectivity checks that arrived before the remote description (a client starts
     /// checking the moment it has *its* description, one signaling hop before we have it).
     /// Replayed once the description is applied instead of costing a STUN retransmission
@@ -187,6 +196,7 @@ impl Sfu {
             timers: BinaryHeap::new(),
             events: VecDeque::new(),
             stats: SfuStats::default(),
+            next_liveness_sweep: None,
         }
     }
 
@@ -236,6 +246,10 @@ impl Sfu {
             // Hosts offer actpass; answering as DTLS server lets the browser start the
             // handshake as soon as ICE succeeds.
             .with_answering_dtls_role(RTCDtlsRole::Server)
+            // `rtc`'s ICE agent judges liveness by STUN on the first selected pair only, and
+            // declares a client that moved to another pair disconnected after 5 s. The SFU
+            // judges liveness itself from all of a peer's traffic (`SfuConfig::peer_timeout`).
+            .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
             .build();
         let (engine, registry) = engine_for(role).map_err(SfuError::internal)?;
         let mut pc = RTCPeerConnectionBuilder::new()
@@ -286,6 +300,7 @@ impl Sfu {
                 needs_offer: false,
                 has_remote_description: false,
                 nominated: None,
+                last_heard: now,
                 early: Vec::new(),
             },
         );
@@ -456,6 +471,7 @@ impl Sfu {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        p.last_heard = now;
         if !p.has_remote_description {
             if kind == DatagramKind::Stun && p.early.len() < MAX_EARLY_DATAGRAMS {
                 p.early.push(datagram);
@@ -519,6 +535,32 @@ impl Sfu {
             self.process(now, peer);
         }
         self.handle_track_timers(now);
+        if self.next_liveness_sweep.is_some_and(|at| at <= now) {
+            self.sweep_silent_peers(now);
+        }
+    }
+
+    /// Reports connected peers that went silent as failed; signaling decides what follows
+    /// (the client is told and reconnects, or its session ends and removes the peer).
+    fn sweep_silent_peers(&mut self, now: Instant) {
+        let timeout = self.config.peer_timeout;
+        let mut any_connected = false;
+        for (id, p) in &mut self.peers {
+            if p.state != ConnectionState::Connected {
+                continue;
+            }
+            if now.saturating_duration_since(p.last_heard) > timeout {
+                p.state = ConnectionState::Failed;
+                tracing::debug!(peer = %id, "peer silent for {timeout:?}: failed");
+                self.events.push_back(SfuEvent::Connection {
+                    peer: *id,
+                    state: ConnectionState::Failed,
+                });
+            } else {
+                any_connected = true;
+            }
+        }
+        self.next_liveness_sweep = any_connected.then(|| now + LIVENESS_SWEEP);
     }
 
     /// The next datagram to send, round-robin across peers.
@@ -561,10 +603,10 @@ impl Sfu {
             .values()
             .filter_map(|t| self.track_deadline(t))
             .min();
-        match (peer_deadline, track_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [peer_deadline, track_deadline, self.next_liveness_sweep]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     // ---- internals -------------------------------------------------------------------------
@@ -588,7 +630,8 @@ impl Sfu {
             if !p.remotes.contains(&remote) {
                 p.remotes.push(remote);
             }
-            if nominated {
+            if nominated && p.nominated != Some(remote) {
+                tracing::debug!(%peer, %remote, "client nominated a pair");
                 p.nominated = Some(remote);
             }
         }
@@ -633,6 +676,7 @@ impl Sfu {
     }
 
     fn on_pc_event(&mut self, now: Instant, peer: PeerId, event: RTCPeerConnectionEvent) {
+        tracing::debug!(%peer, ?event, "peer connection event");
         match event {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 let state = match state {
@@ -650,6 +694,12 @@ impl Sfu {
                     return;
                 }
                 p.state = state;
+                if state == ConnectionState::Connected && self.next_liveness_sweep.is_none() {
+                    self.next_liveness_sweep = Some(now + LIVENESS_SWEEP);
+                }
+                let Some(p) = self.peers.get(&peer) else {
+                    return;
+                };
                 if state == ConnectionState::Connected && p.role == Role::Subscriber {
                     // A viewer that just connected needs a keyframe to show anything.
                     let video: Vec<TrackId> = p

@@ -180,3 +180,21 @@ fn garbage_datagrams_are_counted_not_fatal() {
     assert!(h.sfu.stats().datagrams_unroutable >= 5);
     assert!(h.clients[viewers[0]].video().1.len() >= 10, "media still flows");
 }
+
+#[test]
+fn a_peer_that_goes_silent_is_reported_failed() {
+    let (mut h, _host, viewers) = connected_room(2);
+    let (gone, stays) = (viewers[0], viewers[1]);
+    assert_eq!(h.clients[gone].states.last(), Some(&sfu::ConnectionState::Connected));
+    h.clients[gone].silent = true;
+    h.run_for(SfuConfig::default().peer_timeout - Duration::from_secs(2));
+    assert_eq!(
+        h.clients[gone].states.last(),
+        Some(&sfu::ConnectionState::Connected),
+        "not before the timeout"
+    );
+    h.run_for(Duration::from_secs(4));
+    assert_eq!(h.clients[gone].states.last(), Some(&sfu::ConnectionState::Failed));
+    // A live viewer keeps its consent checks and RTCP flowing and stays connected.
+    assert_eq!(h.clients[stays].states.last(), Some(&sfu::ConnectionState::Connected));
+}

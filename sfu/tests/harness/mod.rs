@@ -47,6 +47,10 @@ pub struct Client {
     pub audio: Option<(RTCRtpSenderId, u32)>,
     /// Drop the next server→client datagram that carries RTP with this sequence number.
     pub drop_seq: Option<u16>,
+    /// A silent client neither sends nor receives (its network vanished).
+    pub silent: bool,
+    /// Connection states the SFU reported for this client's peer.
+    pub states: Vec<sfu::ConnectionState>,
     pub dropped: Vec<u16>,
 }
 
@@ -145,7 +149,8 @@ impl Harness {
             let mut moved = false;
             while let Some(t) = self.sfu.poll_transmit() {
                 moved = true;
-                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.remote) else {
+                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.remote && !c.silent)
+                else {
                     continue;
                 };
                 if let Some(seq) = c.drop_seq
@@ -168,6 +173,11 @@ impl Harness {
             }
             while let Some(event) = self.sfu.poll_event() {
                 moved = true;
+                if let SfuEvent::Connection { peer, state } = event
+                    && let Some(c) = self.clients.iter_mut().find(|c| c.sfu_peer == peer)
+                {
+                    c.states.push(state);
+                }
                 if let SfuEvent::Offer { peer, sdp } = event {
                     let c = self.clients.iter_mut().find(|c| c.sfu_peer == peer).unwrap();
                     c.offers += 1;
@@ -179,7 +189,7 @@ impl Harness {
                     self.sfu.handle_answer(self.now, peer, &sdp).unwrap();
                 }
             }
-            for c in &mut self.clients {
+            for c in self.clients.iter_mut().filter(|c| !c.silent) {
                 while c.pc.poll_event().is_some() {}
                 while let Some(TaggedRTCMessage { message, .. }) = c.pc.poll_read() {
                     match message {
@@ -308,6 +318,8 @@ impl Client {
             audio: None,
             drop_seq: None,
             dropped: Vec::new(),
+            silent: false,
+            states: Vec::new(),
         }
     }
 
