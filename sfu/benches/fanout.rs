@@ -49,7 +49,10 @@ fn fanout(c: &mut Criterion) {
                 break;
             }
         }
-        assert!(reached >= viewers, "only {reached}/{viewers} viewers forwarding");
+        assert!(
+            reached >= viewers,
+            "only {reached}/{viewers} viewers forwarding"
+        );
         group.throughput(Throughput::Elements(viewers as u64));
         group.bench_function(format!("{viewers}_viewers"), |b| {
             b.iter_custom(|iters| {

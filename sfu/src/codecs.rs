@@ -48,7 +48,9 @@ impl Codec {
     /// Whether a source with codec `other` can feed a track of this codec without the
     /// viewers renegotiating.
     pub fn compatible(&self, other: &Codec) -> bool {
-        self.rtp.mime_type.eq_ignore_ascii_case(&other.rtp.mime_type)
+        self.rtp
+            .mime_type
+            .eq_ignore_ascii_case(&other.rtp.mime_type)
             && self.rtp.clock_rate == other.rtp.clock_rate
             && (self.video != Some(VideoCodec::H264)
                 || profile_level_id(&self.rtp.sdp_fmtp_line)
@@ -83,11 +85,7 @@ pub fn engine_for(role: Role) -> rtc::shared::error::Result<(MediaEngine, Regist
         payload_type: 111,
     };
     engine.register_codec(audio, RtpCodecKind::Audio)?;
-    let mut video = vec![(
-        96,
-        MIME_TYPE_VP8,
-        String::new(),
-    )];
+    let mut video = vec![(96, MIME_TYPE_VP8, String::new())];
     for (pt, profile) in [(102, "42e01f"), (104, "42001f"), (106, "640c1f")] {
         video.push((
             pt,
@@ -162,10 +160,12 @@ mod tests {
         assert!(!vp8.compatible(&h264_cb));
         assert!(h264_cb.compatible(&h264_cb2), "same profile, other level");
         assert!(!h264_cb.compatible(&h264_high));
-        assert!(Codec::from_rtp(RTCRtpCodec {
-            mime_type: "video/AV1".into(),
-            ..Default::default()
-        })
-        .is_none());
+        assert!(
+            Codec::from_rtp(RTCRtpCodec {
+                mime_type: "video/AV1".into(),
+                ..Default::default()
+            })
+            .is_none()
+        );
     }
 }

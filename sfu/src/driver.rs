@@ -89,7 +89,8 @@ impl SfuHandle {
     }
 
     pub async fn offer(&self, peer: PeerId, sdp: String) -> Result<String, SfuError> {
-        self.call(|reply| Command::Offer { peer, sdp, reply }).await?
+        self.call(|reply| Command::Offer { peer, sdp, reply })
+            .await?
     }
 
     pub async fn answer(&self, peer: PeerId, sdp: String) -> Result<(), SfuError> {

@@ -118,6 +118,9 @@ mod tests {
         assert!(starts_keyframe(VideoCodec::H264, &[0x7c, 0x85, 0x00]));
         assert!(!starts_keyframe(VideoCodec::H264, &[0x7c, 0x05, 0x00]));
         // Truncated STAP-A must not panic.
-        assert!(!starts_keyframe(VideoCodec::H264, &[0x18, 0x00, 0x09, 0x41]));
+        assert!(!starts_keyframe(
+            VideoCodec::H264,
+            &[0x18, 0x00, 0x09, 0x41]
+        ));
     }
 }

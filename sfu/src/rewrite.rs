@@ -82,6 +82,7 @@ impl SourceRewriter {
 }
 
 #[cfg(test)]
+#[allow(clippy::disallowed_methods)] // an arbitrary origin for virtual time
 mod tests {
     use super::*;
     use std::time::Duration;
@@ -92,7 +93,11 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(r.rewrite(t0, 100, 5000, 90000), Some((100, 5000)));
         assert_eq!(r.rewrite(t0, 101, 8000, 90000), Some((101, 8000)));
-        assert_eq!(r.rewrite(t0, 99, 2000, 90000), Some((99, 2000)), "reordered");
+        assert_eq!(
+            r.rewrite(t0, 99, 2000, 90000),
+            Some((99, 2000)),
+            "reordered"
+        );
     }
 
     #[test]
@@ -100,7 +105,12 @@ mod tests {
         let mut r = SourceRewriter::default();
         let t0 = Instant::now();
         for i in 0..10u16 {
-            r.rewrite(t0, 65530u16.wrapping_add(i), 1000 + u32::from(i) * 3000, 90000);
+            r.rewrite(
+                t0,
+                65530u16.wrapping_add(i),
+                1000 + u32::from(i) * 3000,
+                90000,
+            );
         }
         // Last emitted: seq 65530+9 = 3 (wrapped), ts 28000.
         r.rebase();

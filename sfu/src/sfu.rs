@@ -39,10 +39,10 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
+use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -79,9 +79,15 @@ pub enum SfuEvent {
     /// Deliver this server-made offer to a viewer; its answer goes to [`Sfu::handle_answer`].
     Offer { peer: PeerId, sdp: String },
     /// A peer's media connection changed state.
-    Connection { peer: PeerId, state: ConnectionState },
+    Connection {
+        peer: PeerId,
+        state: ConnectionState,
+    },
     /// The tracks of a room changed (added, removed, source bound or lost).
-    Tracks { room: RoomId, tracks: Vec<TrackInfo> },
+    Tracks {
+        room: RoomId,
+        tracks: Vec<TrackInfo>,
+    },
 }
 
 /// The SFU core. See the module documentation.
@@ -236,7 +242,12 @@ impl Sfu {
     /// A new publisher replaces the room's current one (signaling decides who may host): the
     /// old one's tracks are orphaned and rebound to the new host's sources, so a host
     /// taking over from its own stale session never races that session's cleanup.
-    pub fn add_peer(&mut self, now: Instant, room: &RoomId, role: Role) -> Result<PeerId, SfuError> {
+    pub fn add_peer(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        role: Role,
+    ) -> Result<PeerId, SfuError> {
         let id = PeerId(self.next_id);
         self.next_id += 1;
         let ufrag = random_token(16);
@@ -327,25 +338,27 @@ impl Sfu {
     }
 
     /// Applies a host's offer and returns the SDP answer.
-    pub fn handle_offer(&mut self, now: Instant, peer: PeerId, sdp: &str) -> Result<String, SfuError> {
+    pub fn handle_offer(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        sdp: &str,
+    ) -> Result<String, SfuError> {
         let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer)?;
         if p.role != Role::Publisher {
             return Err(SfuError::WrongRole("only a host sends offers"));
         }
         let offer = RTCSessionDescription::offer(sdp.to_owned()).map_err(SfuError::invalid_sdp)?;
-        p.pc
-            .set_remote_description(now, offer)
+        p.pc.set_remote_description(now, offer)
             .map_err(SfuError::invalid_sdp)?;
         p.has_remote_description = true;
         let answer = p.pc.create_answer(None).map_err(SfuError::invalid_sdp)?;
-        p.pc
-            .set_local_description(now, answer.clone())
+        p.pc.set_local_description(now, answer.clone())
             .map_err(SfuError::invalid_sdp)?;
-        let sdp = p
-            .pc
-            .local_description()
-            .map(|d| d.sdp)
-            .unwrap_or(answer.sdp);
+        let sdp =
+            p.pc.local_description()
+                .map(|d| d.sdp)
+                .unwrap_or(answer.sdp);
         self.replay_early(now, peer);
         self.process(now, peer);
         Ok(sdp)
@@ -362,8 +375,7 @@ impl Sfu {
         }
         let answer =
             RTCSessionDescription::answer(sdp.to_owned()).map_err(SfuError::invalid_sdp)?;
-        p.pc
-            .set_remote_description(now, answer)
+        p.pc.set_remote_description(now, answer)
             .map_err(SfuError::invalid_sdp)?;
         p.has_remote_description = true;
         p.offer_outstanding = false;
@@ -400,8 +412,7 @@ impl Sfu {
             // either (ICE-lite learns addresses from the checks themselves).
             return Ok(());
         }
-        p.pc
-            .add_remote_candidate(candidate)
+        p.pc.add_remote_candidate(candidate)
             .map_err(|e| SfuError::InvalidCandidate(e.to_string()))?;
         self.process(now, peer);
         Ok(())
@@ -592,7 +603,11 @@ impl Sfu {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         // Drop stale heap entries so the head is a live deadline.
         while let Some(Reverse((at, peer))) = self.timers.peek().copied() {
-            if self.peers.get(&peer).is_some_and(|p| p.deadline == Some(at)) {
+            if self
+                .peers
+                .get(&peer)
+                .is_some_and(|p| p.deadline == Some(at))
+            {
                 break;
             }
             self.timers.pop();
@@ -762,11 +777,10 @@ impl Sfu {
         if p.role != Role::Publisher {
             return;
         }
-        let Some(codec) = p
-            .pc
-            .rtp_receiver(init.receiver_id)
-            .and_then(|r| r.track().codec(init.ssrc).cloned())
-            .and_then(Codec::from_rtp)
+        let Some(codec) =
+            p.pc.rtp_receiver(init.receiver_id)
+                .and_then(|r| r.track().codec(init.ssrc).cloned())
+                .and_then(Codec::from_rtp)
         else {
             tracing::debug!(%peer, "ignoring host track with an unsupported codec");
             return;
@@ -1085,7 +1099,10 @@ impl Sfu {
 
     /// Adds a sender for `track` to a viewer's peer connection (negotiation comes after).
     fn subscribe(&mut self, viewer: PeerId, track_id: TrackId) -> Result<(), SfuError> {
-        let track = self.tracks.get_mut(&track_id).ok_or(SfuError::UnknownPeer)?;
+        let track = self
+            .tracks
+            .get_mut(&track_id)
+            .ok_or(SfuError::UnknownPeer)?;
         let p = self.peers.get_mut(&viewer).ok_or(SfuError::UnknownPeer)?;
         let ssrc = rand::random::<u32>();
         let kind = match track.codec.kind {
@@ -1128,8 +1145,7 @@ impl Sfu {
             return Ok(());
         }
         let offer = p.pc.create_offer(None).map_err(SfuError::internal)?;
-        p.pc
-            .set_local_description(now, offer.clone())
+        p.pc.set_local_description(now, offer.clone())
             .map_err(SfuError::internal)?;
         let sdp = p.pc.local_description().map(|d| d.sdp).unwrap_or(offer.sdp);
         p.offer_outstanding = true;
@@ -1191,9 +1207,13 @@ fn send_to_viewer(
                 .rtp_parameters
                 .codecs
                 .iter()
-                .find(|c| Codec::from_rtp(c.rtp_codec.clone()).is_some_and(|c| codec.compatible(&c)))
+                .find(|c| {
+                    Codec::from_rtp(c.rtp_codec.clone()).is_some_and(|c| codec.compatible(&c))
+                })
                 .map(|c| c.payload_type)
-                .ok_or_else(|| SfuError::Internal("viewer did not negotiate the track's codec".into()))?;
+                .ok_or_else(|| {
+                    SfuError::Internal("viewer did not negotiate the track's codec".into())
+                })?;
             sub.payload_type = Some(pt);
             pt
         }

@@ -35,17 +35,33 @@ fn viewers_receive_identical_payloads_in_order() {
         let (_, video) = c.video();
         // The viewer starts at the first keyframe after it connected (the one its own
         // keyframe request produced, here the periodic one at 30 or the answer to the PLI).
-        assert!(video.len() >= 30, "viewer {v} got {} video packets", video.len());
+        assert!(
+            video.len() >= 30,
+            "viewer {v} got {} video packets",
+            video.len()
+        );
         for pair in video.windows(2) {
-            assert_eq!(pair[1].0, pair[0].0.wrapping_add(1), "contiguous sequence numbers");
+            assert_eq!(
+                pair[1].0,
+                pair[0].0.wrapping_add(1),
+                "contiguous sequence numbers"
+            );
             assert!(pair[1].1 > pair[0].1, "increasing timestamps");
         }
         let sent_seq = u16::from_be_bytes([video[0].2[2], video[0].2[3]]);
         for (i, (_, _, payload)) in video.iter().enumerate() {
-            assert_eq!(payload, &vp8_payload(sent_seq + i as u16, payload[1] == 0), "byte-identical");
+            assert_eq!(
+                payload,
+                &vp8_payload(sent_seq + i as u16, payload[1] == 0),
+                "byte-identical"
+            );
         }
         let (_, audio) = c.audio();
-        assert!(audio.len() >= 55, "audio flows from the start: {}", audio.len());
+        assert!(
+            audio.len() >= 55,
+            "audio flows from the start: {}",
+            audio.len()
+        );
         assert!(audio.windows(2).all(|p| p[1].0 == p[0].0.wrapping_add(1)));
     }
     // Viewers get distinct SSRCs; the host's own SSRC is never exposed.
@@ -61,7 +77,10 @@ fn keyframe_requests_are_coalesced_and_throttled() {
     let (mut h, host, _viewers) = connected_room(3);
     // Three viewers connected within one interval: their requests coalesce.
     let plis_after_join = h.clients[host].plis;
-    assert!(plis_after_join >= 1, "joining viewers trigger a keyframe request");
+    assert!(
+        plis_after_join >= 1,
+        "joining viewers trigger a keyframe request"
+    );
     assert!(
         plis_after_join <= 3,
         "at most one request per 500 ms over the ~1.5 s of setup, got {plis_after_join}"
@@ -82,13 +101,22 @@ fn keyframe_requests_are_coalesced_and_throttled() {
             })
             .unwrap();
         let ssrc = ssrc.expect("the offer announced the video SSRC");
-        let pli = PictureLossIndication { sender_ssrc: 1, media_ssrc: ssrc };
-        c.pc.rtp_receiver(receiver).unwrap().write_rtcp(now, vec![Box::new(pli)]).unwrap();
+        let pli = PictureLossIndication {
+            sender_ssrc: 1,
+            media_ssrc: ssrc,
+        };
+        c.pc.rtp_receiver(receiver)
+            .unwrap()
+            .write_rtcp(now, vec![Box::new(pli)])
+            .unwrap();
         h.run_for(Duration::from_millis(10));
     }
     h.run_for(Duration::from_millis(1000));
     let extra = h.clients[host].plis - before;
-    assert!((1..=2).contains(&extra), "10 viewer PLIs became {extra} host PLIs");
+    assert!(
+        (1..=2).contains(&extra),
+        "10 viewer PLIs became {extra} host PLIs"
+    );
     assert!(h.sfu.stats().keyframe_requests_received >= 10);
 }
 
@@ -110,7 +138,10 @@ fn nacked_packets_are_retransmitted_from_the_ring() {
     assert_eq!(c.dropped, vec![next_out], "the packet was dropped once");
     let (_, video) = c.video();
     let got = video.iter().filter(|(s, _, _)| *s == next_out).count();
-    assert_eq!(got, 1, "the dropped packet arrived exactly once, by retransmission");
+    assert_eq!(
+        got, 1,
+        "the dropped packet arrived exactly once, by retransmission"
+    );
     assert!(h.sfu.stats().nacks_received >= 1);
     assert!(h.sfu.stats().retransmissions >= 1);
 }
@@ -139,11 +170,25 @@ fn host_reconnect_is_seamless_for_viewers() {
     assert_eq!(c.offers, offers_before, "no renegotiation for the viewer");
     let (ssrc_after, video) = c.video();
     assert_eq!(ssrc_after, ssrc_before, "same SSRC");
-    let resumed = video.iter().position(|(s, _, _)| *s == last_before).unwrap() + 1;
-    assert!(video.len() > resumed + 10, "video resumed after the reconnect");
+    let resumed = video
+        .iter()
+        .position(|(s, _, _)| *s == last_before)
+        .unwrap()
+        + 1;
+    assert!(
+        video.len() > resumed + 10,
+        "video resumed after the reconnect"
+    );
     for pair in video[resumed - 1..].windows(2) {
-        assert_eq!(pair[1].0, pair[0].0.wrapping_add(1), "sequence continues across the switch");
-        assert!(pair[1].1 > pair[0].1, "timestamps move forward across the switch");
+        assert_eq!(
+            pair[1].0,
+            pair[0].0.wrapping_add(1),
+            "sequence continues across the switch"
+        );
+        assert!(
+            pair[1].1 > pair[0].1,
+            "timestamps move forward across the switch"
+        );
     }
 }
 
@@ -157,10 +202,16 @@ fn tracks_of_a_host_that_never_returns_are_removed_after_the_grace() {
     let sfu_peer = h.clients[host].sfu_peer;
     h.sfu.remove_peer(h.now, sfu_peer);
     h.run_for(Duration::from_secs(5));
-    assert!(h.sfu.tracks(&room).iter().all(|t| !t.active), "orphaned, not yet removed");
+    assert!(
+        h.sfu.tracks(&room).iter().all(|t| !t.active),
+        "orphaned, not yet removed"
+    );
     h.run_for(SfuConfig::default().track_grace);
     assert!(h.sfu.tracks(&room).is_empty());
-    assert!(h.clients[v].offers > offers_before, "the viewer renegotiated the tracks away");
+    assert!(
+        h.clients[v].offers > offers_before,
+        "the viewer renegotiated the tracks away"
+    );
 }
 
 #[test]
@@ -169,23 +220,42 @@ fn garbage_datagrams_are_counted_not_fatal() {
     let viewer_addr = h.clients[viewers[0]].addr;
     let now = h.now;
     let server = h.server;
-    for junk in [&b""[..], &[0x00, 0x01, 0x00], &[0x80; 40], &[22; 13], &[0xff; 1200]] {
+    for junk in [
+        &b""[..],
+        &[0x00, 0x01, 0x00],
+        &[0x80; 40],
+        &[22; 13],
+        &[0xff; 1200],
+    ] {
         for remote in [viewer_addr, "127.0.0.9:9".parse().unwrap()] {
-            h.sfu.handle_datagram(now, Datagram { local: server, remote, payload: BytesMut::from(junk) });
+            h.sfu.handle_datagram(
+                now,
+                Datagram {
+                    local: server,
+                    remote,
+                    payload: BytesMut::from(junk),
+                },
+            );
         }
     }
     for seq in 2..=40u16 {
         h.send_frame(host, seq, seq == 2 || seq == 30, FRAME);
     }
     assert!(h.sfu.stats().datagrams_unroutable >= 5);
-    assert!(h.clients[viewers[0]].video().1.len() >= 10, "media still flows");
+    assert!(
+        h.clients[viewers[0]].video().1.len() >= 10,
+        "media still flows"
+    );
 }
 
 #[test]
 fn a_peer_that_goes_silent_is_reported_failed() {
     let (mut h, _host, viewers) = connected_room(2);
     let (gone, stays) = (viewers[0], viewers[1]);
-    assert_eq!(h.clients[gone].states.last(), Some(&sfu::ConnectionState::Connected));
+    assert_eq!(
+        h.clients[gone].states.last(),
+        Some(&sfu::ConnectionState::Connected)
+    );
     h.clients[gone].silent = true;
     h.run_for(SfuConfig::default().peer_timeout - Duration::from_secs(2));
     assert_eq!(
@@ -194,7 +264,13 @@ fn a_peer_that_goes_silent_is_reported_failed() {
         "not before the timeout"
     );
     h.run_for(Duration::from_secs(4));
-    assert_eq!(h.clients[gone].states.last(), Some(&sfu::ConnectionState::Failed));
+    assert_eq!(
+        h.clients[gone].states.last(),
+        Some(&sfu::ConnectionState::Failed)
+    );
     // A live viewer keeps its consent checks and RTCP flowing and stays connected.
-    assert_eq!(h.clients[stays].states.last(), Some(&sfu::ConnectionState::Connected));
+    assert_eq!(
+        h.clients[stays].states.last(),
+        Some(&sfu::ConnectionState::Connected)
+    );
 }

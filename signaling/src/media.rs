@@ -20,7 +20,9 @@ pub async fn bind_media(config: &ServerConfig) -> std::io::Result<Vec<MediaSocke
         vec![config.udp.ip()]
     };
     if ips.is_empty() {
-        return Err(std::io::Error::other("no usable network interface for media"));
+        return Err(std::io::Error::other(
+            "no usable network interface for media",
+        ));
     }
     let mut sockets = Vec::new();
     let mut port = config.udp.port();

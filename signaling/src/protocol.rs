@@ -52,7 +52,11 @@ pub struct IceCandidate {
 
 /// Messages a client sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ClientMessage {
     /// First message of a session. A host without `room` creates a new room with a fresh
     /// short code; a host with `room` creates that room or takes it over when it has no host
@@ -85,7 +89,11 @@ pub enum ClientMessage {
 
 /// Messages the server sends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum ServerMessage {
     /// Answer to `join`.
     Joined {
@@ -254,8 +262,8 @@ pub fn decode_client_message(text: &str, limit: usize) -> Result<ClientMessage, 
         Ok(message) => Ok(message),
         Err(err) => {
             // Re-parse loosely only on the error path to classify the failure.
-            let value: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+            let value: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| DecodeError::Malformed(e.to_string()))?;
             match value.get("type").and_then(|t| t.as_str()) {
                 Some(t) if !KNOWN_CLIENT_TYPES.contains(&t) => {
                     Err(DecodeError::UnknownType(truncate(t, 64)))
@@ -333,8 +341,8 @@ mod tests {
 
     #[test]
     fn server_error_serializes_flat() {
-        let json = serde_json::to_string(&ServerMessage::error(ErrorCode::RoomNotFound, "nope"))
-            .unwrap();
+        let json =
+            serde_json::to_string(&ServerMessage::error(ErrorCode::RoomNotFound, "nope")).unwrap();
         assert_eq!(
             json,
             r#"{"type":"error","code":"room_not_found","message":"nope"}"#
@@ -347,6 +355,9 @@ mod tests {
             viewer_count: 0,
         });
         let json = serde_json::to_string(&state).unwrap();
-        assert!(json.starts_with(r#"{"type":"roomState","room":"AB""#), "{json}");
+        assert!(
+            json.starts_with(r#"{"type":"roomState","room":"AB""#),
+            "{json}"
+        );
     }
 }

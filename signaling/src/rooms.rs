@@ -353,7 +353,10 @@ mod tests {
     fn room_codes_are_validated_and_case_folded() {
         assert_eq!(normalize_code("abc-12").unwrap(), "ABC-12");
         for bad in ["", "has space", "ünï", &"x".repeat(33), "a/b"] {
-            assert_eq!(normalize_code(bad).unwrap_err().code, ErrorCode::InvalidRoom);
+            assert_eq!(
+                normalize_code(bad).unwrap_err().code,
+                ErrorCode::InvalidRoom
+            );
         }
     }
 }

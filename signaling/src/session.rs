@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, Role,
-    RoomState, ServerMessage, decode_client_message,
+    ClientMessage, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, Role, RoomState,
+    ServerMessage, decode_client_message,
 };
 
 /// Messages queued for one session by other tasks (room state). When full the sender skips
@@ -187,7 +187,11 @@ impl Session {
                         let peer = self
                             .state
                             .sfu
-                            .add_peer(sfu::RoomId::new(&room), sfu::Role::Publisher, self.sfu_events.clone())
+                            .add_peer(
+                                sfu::RoomId::new(&room),
+                                sfu::Role::Publisher,
+                                self.sfu_events.clone(),
+                            )
                             .await
                             .map_err(sfu_failure)?;
                         if let Some(m) = &mut self.membership {
@@ -210,7 +214,11 @@ impl Session {
                 let peer = membership
                     .peer
                     .ok_or((ErrorCode::NoOfferPending, "no offer was sent".to_owned()))?;
-                self.state.sfu.answer(peer, sdp).await.map_err(sfu_failure)?;
+                self.state
+                    .sfu
+                    .answer(peer, sdp)
+                    .await
+                    .map_err(sfu_failure)?;
                 Ok(vec![])
             }
             ClientMessage::Candidate { candidate } => {

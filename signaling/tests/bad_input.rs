@@ -29,7 +29,10 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
     let mut host = WsClient::connect(server.http).await.unwrap();
     let room = host.join(Role::Host, None, "Hostess").await.unwrap().room;
     let mut bystander = WsClient::connect(server.http).await.unwrap();
-    bystander.join(Role::Viewer, Some(&room), "Bea").await.unwrap();
+    bystander
+        .join(Role::Viewer, Some(&room), "Bea")
+        .await
+        .unwrap();
 
     let mut c = WsClient::connect(server.http).await.unwrap();
     let mut ping = 0;
@@ -45,7 +48,12 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
     };
 
     check(&mut c, "{not json".into(), ErrorCode::BadMessage).await;
-    check(&mut c, r#"{"type":"dance","steps":3}"#.into(), ErrorCode::UnknownType).await;
+    check(
+        &mut c,
+        r#"{"type":"dance","steps":3}"#.into(),
+        ErrorCode::UnknownType,
+    )
+    .await;
     check(&mut c, r#"{"type":"offer"}"#.into(), ErrorCode::BadMessage).await;
     check(&mut c, r#"["join"]"#.into(), ErrorCode::BadMessage).await;
     let huge = format!(
@@ -53,7 +61,12 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
         "x".repeat(DEFAULT_MAX_MESSAGE_BYTES)
     );
     check(&mut c, huge, ErrorCode::MessageTooLarge).await;
-    check(&mut c, r#"{"type":"offer","sdp":"v=0"}"#.into(), ErrorCode::NotJoined).await;
+    check(
+        &mut c,
+        r#"{"type":"offer","sdp":"v=0"}"#.into(),
+        ErrorCode::NotJoined,
+    )
+    .await;
     check(
         &mut c,
         r#"{"type":"join","version":99,"role":"viewer","room":"X"}"#.into(),
@@ -104,10 +117,17 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
         ErrorCode::InvalidSdp,
     )
     .await;
-    check(&mut c, r#"{"type":"answer","sdp":"v=0"}"#.into(), ErrorCode::NotAllowed).await;
     check(
         &mut c,
-        format!(r#"{{"type":"join","version":{PROTOCOL_VERSION},"role":"viewer","room":"{room}"}}"#),
+        r#"{"type":"answer","sdp":"v=0"}"#.into(),
+        ErrorCode::NotAllowed,
+    )
+    .await;
+    check(
+        &mut c,
+        format!(
+            r#"{{"type":"join","version":{PROTOCOL_VERSION},"role":"viewer","room":"{room}"}}"#
+        ),
         ErrorCode::AlreadyJoined,
     )
     .await;
@@ -116,8 +136,18 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
     c.send(&ClientMessage::Leave {}).unwrap();
     let joined = c.join(Role::Viewer, Some(&room), "Vic").await.unwrap();
     assert_eq!(joined.room, room);
-    check(&mut c, r#"{"type":"offer","sdp":"v=0"}"#.into(), ErrorCode::NotAllowed).await;
-    check(&mut c, r#"{"type":"answer","sdp":"v=0"}"#.into(), ErrorCode::NoOfferPending).await;
+    check(
+        &mut c,
+        r#"{"type":"offer","sdp":"v=0"}"#.into(),
+        ErrorCode::NotAllowed,
+    )
+    .await;
+    check(
+        &mut c,
+        r#"{"type":"answer","sdp":"v=0"}"#.into(),
+        ErrorCode::NoOfferPending,
+    )
+    .await;
 
     // Bystanders never saw any of it and still work.
     assert_alive(&mut host, 1000).await;
@@ -138,7 +168,9 @@ async fn binary_frames_and_floods_do_not_end_the_session() {
     let server = TestServer::start().await;
     let mut c = WsClient::connect(server.http).await.unwrap();
     c.sender()
-        .send_frame(tokio_tungstenite::tungstenite::Message::Binary(vec![1, 2, 3].into()))
+        .send_frame(tokio_tungstenite::tungstenite::Message::Binary(
+            vec![1, 2, 3].into(),
+        ))
         .unwrap();
     c.expect_error(ErrorCode::BadMessage).await.unwrap();
     // A burst of garbage: every message answered, in order, nothing lost.
@@ -161,7 +193,10 @@ async fn binary_frames_and_floods_do_not_end_the_session() {
         tokio::net::TcpStream::connect(server.http),
     )
     .await;
-    assert!(matches!(health, Ok(Ok(_))), "server still accepts connections");
+    assert!(
+        matches!(health, Ok(Ok(_))),
+        "server still accepts connections"
+    );
     server.stop().await;
 }
 

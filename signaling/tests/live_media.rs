@@ -52,7 +52,11 @@ fn assert_complete_stream(host: &Host, viewer: &Viewer, kind: MediaKind, name: &
     let ssrc = received[0].ssrc;
     for (i, (got, sent)) in received.iter().zip(&expected).enumerate() {
         assert_eq!(got.ssrc, ssrc, "{name}: one SSRC");
-        assert_eq!(got.tag().as_ref(), Some(&sent.tag), "{name}: packet {i} in order");
+        assert_eq!(
+            got.tag().as_ref(),
+            Some(&sent.tag),
+            "{name}: packet {i} in order"
+        );
         assert_eq!(
             got.payload,
             expected_payload(&config, &sent.tag),
@@ -66,7 +70,14 @@ fn assert_complete_stream(host: &Host, viewer: &Viewer, kind: MediaKind, name: &
             );
         }
     }
-    assert_ne!(ssrc, if kind == MediaKind::Video { host.video_ssrc() } else { host.audio_ssrc() });
+    assert_ne!(
+        ssrc,
+        if kind == MediaKind::Video {
+            host.video_ssrc()
+        } else {
+            host.audio_ssrc()
+        }
+    );
     received.len()
 }
 
@@ -90,7 +101,11 @@ async fn three_viewers_get_every_packet_and_a_late_viewer_gets_a_keyframe_fast()
 
     let mut viewers = Vec::new();
     for _ in 0..3 {
-        viewers.push(Viewer::join(server.http, &room).await.expect("viewer joins"));
+        viewers.push(
+            Viewer::join(server.http, &room)
+                .await
+                .expect("viewer joins"),
+        );
     }
     for v in &viewers {
         v.wait_for(SETTLE, |s| {
@@ -106,7 +121,10 @@ async fn three_viewers_get_every_packet_and_a_late_viewer_gets_a_keyframe_fast()
         let name = format!("viewer {i}");
         let video = assert_complete_stream(&host, v, MediaKind::Video, &name);
         let audio = assert_complete_stream(&host, v, MediaKind::Audio, &name);
-        assert!(video >= 60 && audio >= 100, "{name}: {video} video, {audio} audio");
+        assert!(
+            video >= 60 && audio >= 100,
+            "{name}: {video} video, {audio} audio"
+        );
         assert!(
             v.packets(MediaKind::Video)[0].is_keyframe_start(),
             "{name}: video starts at a keyframe"
@@ -116,7 +134,9 @@ async fn three_viewers_get_every_packet_and_a_late_viewer_gets_a_keyframe_fast()
     // A fourth viewer, well after the others (so the keyframe-request throttle is idle).
     tokio::time::sleep(Duration::from_millis(800)).await;
     let plis_before = host.plis_received();
-    let late = Viewer::join(server.http, &room).await.expect("late viewer joins");
+    let late = Viewer::join(server.http, &room)
+        .await
+        .expect("late viewer joins");
     late.wait_for(SETTLE, |s| s.first_keyframe_at().is_some())
         .await
         .expect("late viewer gets a keyframe");
@@ -150,7 +170,11 @@ async fn packets_lost_on_the_way_to_a_viewer_come_back_after_nack() {
         .await
         .expect("video flows through the relay");
     let dropped = relay.dropped();
-    assert!(dropped.len() >= 10, "the relay dropped {} packets", dropped.len());
+    assert!(
+        dropped.len() >= 10,
+        "the relay dropped {} packets",
+        dropped.len()
+    );
     // Every dropped packet except those dropped in the last moments came back.
     viewer
         .wait_for(SETTLE, |s| {
@@ -196,7 +220,10 @@ async fn a_reconnecting_host_keeps_viewers_on_the_same_stream() {
         .await
         .expect("video resumes from the new connection");
     let after = viewer.packets(MediaKind::Video);
-    assert!(after.iter().all(|p| p.ssrc == before[0].ssrc), "same SSRC throughout");
+    assert!(
+        after.iter().all(|p| p.ssrc == before[0].ssrc),
+        "same SSRC throughout"
+    );
     for pair in after.windows(2) {
         assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "no sequence gap");
     }

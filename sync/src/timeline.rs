@@ -81,14 +81,21 @@ mod tests {
         let t0 = Timeline::new(UnixMillis(1_000));
         assert_eq!(t0.position_at(UnixMillis(9_000)), 0.0, "paused holds");
         let playing = t0.play(UnixMillis(2_000));
-        assert_eq!(playing.position_at(UnixMillis(1_500)), 0.0, "scheduled ahead");
+        assert_eq!(
+            playing.position_at(UnixMillis(1_500)),
+            0.0,
+            "scheduled ahead"
+        );
         assert_eq!(playing.position_at(UnixMillis(3_500)), 1_500.0);
         let paused = playing.pause(UnixMillis(4_000));
         assert_eq!(paused.position_at(UnixMillis(10_000)), 2_000.0);
         let sought = paused.seek(UnixMillis(5_000), 60_000.0);
         assert_eq!(sought.position_at(UnixMillis(6_000)), 60_000.0);
         assert_eq!(sought.version, 3);
-        let fast = Timeline { rate: 1.5, ..sought.play(UnixMillis(6_000)) };
+        let fast = Timeline {
+            rate: 1.5,
+            ..sought.play(UnixMillis(6_000))
+        };
         assert_eq!(fast.position_at(UnixMillis(8_000)), 63_000.0);
     }
 }

@@ -82,7 +82,10 @@ impl Harness {
         // The SFU's own feedback marker, so the host sees the keyframe requests it is sent.
         let registry = register_default_interceptors(Registry::new(), &mut engine)
             .unwrap()
-            .with(sfu::codecs::FEEDBACK_SLOT, sfu::feedback::DeliverFeedback::default());
+            .with(
+                sfu::codecs::FEEDBACK_SLOT,
+                sfu::feedback::DeliverFeedback::default(),
+            );
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(SettingEngineBuilder::new().build())
@@ -104,7 +107,8 @@ impl Harness {
         .unwrap();
         pc.add_local_candidate(RTCIceCandidate::from(&candidate).to_json().unwrap())
             .unwrap();
-        pc.add_local_candidate(RTCIceCandidateInit::default()).unwrap();
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .unwrap();
         pc
     }
 
@@ -116,12 +120,31 @@ impl Harness {
         let mut pc = self.client_pc(addr);
         let video_ssrc = rand::random();
         let audio_ssrc = rand::random();
-        let video = pc.add_track(track(RtpCodecKind::Video, "video/VP8", 90000, 0, video_ssrc)).unwrap();
-        let audio = pc.add_track(track(RtpCodecKind::Audio, "audio/opus", 48000, 2, audio_ssrc)).unwrap();
+        let video = pc
+            .add_track(track(
+                RtpCodecKind::Video,
+                "video/VP8",
+                90000,
+                0,
+                video_ssrc,
+            ))
+            .unwrap();
+        let audio = pc
+            .add_track(track(
+                RtpCodecKind::Audio,
+                "audio/opus",
+                48000,
+                2,
+                audio_ssrc,
+            ))
+            .unwrap();
         let offer = pc.create_offer(None).unwrap();
         pc.set_local_description(self.now, offer).unwrap();
         let sdp = pc.local_description().unwrap().sdp;
-        let peer = self.sfu.add_peer(self.now, &RoomId::new(room), Role::Publisher).unwrap();
+        let peer = self
+            .sfu
+            .add_peer(self.now, &RoomId::new(room), Role::Publisher)
+            .unwrap();
         let answer = self.sfu.handle_offer(self.now, peer, &sdp).unwrap();
         pc.set_remote_description(self.now, RTCSessionDescription::answer(answer).unwrap())
             .unwrap();
@@ -138,7 +161,10 @@ impl Harness {
             .parse()
             .unwrap();
         let pc = self.client_pc(addr);
-        let peer = self.sfu.add_peer(self.now, &RoomId::new(room), Role::Subscriber).unwrap();
+        let peer = self
+            .sfu
+            .add_peer(self.now, &RoomId::new(room), Role::Subscriber)
+            .unwrap();
         self.clients.push(Client::new(pc, addr, peer));
         self.clients.len() - 1
     }
@@ -149,7 +175,10 @@ impl Harness {
             let mut moved = false;
             while let Some(t) = self.sfu.poll_transmit() {
                 moved = true;
-                let Some(c) = self.clients.iter_mut().find(|c| c.addr == t.remote && !c.silent)
+                let Some(c) = self
+                    .clients
+                    .iter_mut()
+                    .find(|c| c.addr == t.remote && !c.silent)
                 else {
                     continue;
                 };
@@ -179,10 +208,17 @@ impl Harness {
                     c.states.push(state);
                 }
                 if let SfuEvent::Offer { peer, sdp } = event {
-                    let c = self.clients.iter_mut().find(|c| c.sfu_peer == peer).unwrap();
-                    c.offers += 1;
-                    c.pc.set_remote_description(self.now, RTCSessionDescription::offer(sdp).unwrap())
+                    let c = self
+                        .clients
+                        .iter_mut()
+                        .find(|c| c.sfu_peer == peer)
                         .unwrap();
+                    c.offers += 1;
+                    c.pc.set_remote_description(
+                        self.now,
+                        RTCSessionDescription::offer(sdp).unwrap(),
+                    )
+                    .unwrap();
                     let answer = c.pc.create_answer(None).unwrap();
                     c.pc.set_local_description(self.now, answer).unwrap();
                     let sdp = c.pc.local_description().unwrap().sdp;
@@ -193,11 +229,11 @@ impl Harness {
                 while c.pc.poll_event().is_some() {}
                 while let Some(TaggedRTCMessage { message, .. }) = c.pc.poll_read() {
                     match message {
-                        RTCMessage::RtpPacket(_, p) => c.rtp.entry(p.header.ssrc).or_default().push((
-                            p.header.sequence_number,
-                            p.header.timestamp,
-                            p.payload,
-                        )),
+                        RTCMessage::RtpPacket(_, p) => c
+                            .rtp
+                            .entry(p.header.ssrc)
+                            .or_default()
+                            .push((p.header.sequence_number, p.header.timestamp, p.payload)),
                         RTCMessage::RtcpPacket(_, packets) => {
                             c.plis += packets
                                 .iter()
@@ -266,13 +302,19 @@ impl Harness {
         let mut sender = c.pc.rtp_sender(video).unwrap();
         let pt = payload_type(&mut sender, "video/VP8");
         sender
-            .write_rtp(now, rtp_packet(pt, seq, u32::from(seq) * 3000, video_ssrc, vp8))
+            .write_rtp(
+                now,
+                rtp_packet(pt, seq, u32::from(seq) * 3000, video_ssrc, vp8),
+            )
             .unwrap();
         let mut sender = c.pc.rtp_sender(audio).unwrap();
         let pt = payload_type(&mut sender, "audio/opus");
         let opus = Bytes::from(format!("opus-{seq}").into_bytes());
         sender
-            .write_rtp(now, rtp_packet(pt, seq, u32::from(seq) * 960, audio_ssrc, opus))
+            .write_rtp(
+                now,
+                rtp_packet(pt, seq, u32::from(seq) * 960, audio_ssrc, opus),
+            )
             .unwrap();
         self.run_for(gap);
     }
@@ -291,7 +333,10 @@ impl Harness {
         let mut payload = vec![0x10, 0x01];
         payload.resize(1100, 0xAB);
         sender
-            .write_rtp(now, rtp_packet(pt, seq, u32::from(seq) * 3000, ssrc, Bytes::from(payload)))
+            .write_rtp(
+                now,
+                rtp_packet(pt, seq, u32::from(seq) * 3000, ssrc, Bytes::from(payload)),
+            )
             .unwrap();
         let mut out = Vec::new();
         while let Some(t) = c.pc.poll_write() {
@@ -341,7 +386,13 @@ impl Client {
     }
 }
 
-pub fn track(kind: RtpCodecKind, mime: &str, clock_rate: u32, channels: u16, ssrc: u32) -> MediaStreamTrack {
+pub fn track(
+    kind: RtpCodecKind,
+    mime: &str,
+    clock_rate: u32,
+    channels: u16,
+    ssrc: u32,
+) -> MediaStreamTrack {
     MediaStreamTrack::new(
         "host".into(),
         format!("{mime}-{ssrc}"),
@@ -363,7 +414,10 @@ pub fn track(kind: RtpCodecKind, mime: &str, clock_rate: u32, channels: u16, ssr
     )
 }
 
-pub fn payload_type(sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>, mime: &str) -> u8 {
+pub fn payload_type(
+    sender: &mut rtc::rtp_transceiver::rtp_sender::RTCRtpSender<'_>,
+    mime: &str,
+) -> u8 {
     sender
         .get_parameters()
         .rtp_parameters
@@ -383,7 +437,13 @@ pub fn vp8_payload(seq: u16, keyframe: bool) -> Bytes {
     Bytes::from(p)
 }
 
-pub fn rtp_packet(payload_type: u8, seq: u16, timestamp: u32, ssrc: u32, payload: Bytes) -> rtp::Packet {
+pub fn rtp_packet(
+    payload_type: u8,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    payload: Bytes,
+) -> rtp::Packet {
     rtp::Packet {
         header: rtp::header::Header {
             version: 2,
@@ -405,4 +465,3 @@ pub fn rtp_seq(datagram: &BytesMut) -> Option<u16> {
         && !(64..=95).contains(&(datagram[1] & 0x7f));
     is_rtp.then(|| u16::from_be_bytes([datagram[2], datagram[3]]))
 }
-

@@ -41,13 +41,13 @@ use rtc::interceptor::{
     Attribute, Interceptor, Packet as ChainPacket, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
+use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
-use rtc::peer_connection::transport::RTCDtlsRole;
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::Track;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
@@ -1430,7 +1430,12 @@ impl Subscriber {
         // Answer `a=setup:active` and start the DTLS handshake, as browsers do; the server's
         // offer is `actpass`.
         let settings = SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Client);
-        let peer = Peer::build(media_engine, registry, settings, Some(Arc::clone(&recorder)))
+        let peer = Peer::build(
+            media_engine,
+            registry,
+            settings,
+            Some(Arc::clone(&recorder)),
+        )
         .await?;
         Ok(Self { peer, recorder })
     }
