@@ -865,6 +865,21 @@ impl Sfu {
 
     /// The hot path: one inbound packet, rewritten and stored once, sent to every viewer.
     fn forward(&mut self, now: Instant, from: PeerId, track_id: TrackId, packet: rtp::Packet) {
+        if self.fan_out(now, from, track_id, packet) {
+            // Someone is still waiting for a keyframe (joined, or the one it was sent was
+            // lost): keep asking, throttled by `request_keyframe`.
+            self.request_keyframe(now, track_id);
+        }
+    }
+
+    /// Rewrites, stores and sends one packet; true if a connected viewer awaits a keyframe.
+    fn fan_out(
+        &mut self,
+        now: Instant,
+        from: PeerId,
+        track_id: TrackId,
+        packet: rtp::Packet,
+    ) -> bool {
         let Self {
             tracks,
             peers,
@@ -874,14 +889,14 @@ impl Sfu {
             ..
         } = self;
         let Some(track) = tracks.get_mut(&track_id) else {
-            return;
+            return false;
         };
         if track
             .source
             .as_ref()
             .is_none_or(|s| s.peer != from || s.ssrc != packet.header.ssrc)
         {
-            return; // a replaced source's stragglers after a switch
+            return false; // a replaced source's stragglers after a switch
         }
         stats.packets_in += 1;
         let clock_rate = track.codec.rtp.clock_rate;
@@ -891,7 +906,7 @@ impl Sfu {
             packet.header.timestamp,
             clock_rate,
         ) else {
-            return;
+            return false;
         };
         let keyframe = track
             .codec
@@ -903,6 +918,7 @@ impl Sfu {
             marker: packet.header.marker,
             payload: packet.payload,
         };
+        let mut awaiting = false;
         for viewer in &track.subscribers {
             let Some(p) = peers.get_mut(viewer) else {
                 continue;
@@ -913,19 +929,20 @@ impl Sfu {
             let Some(sub) = p.subscriptions.iter_mut().find(|s| s.track == track_id) else {
                 continue;
             };
-            if sub.awaiting_keyframe {
-                if !keyframe {
-                    continue;
-                }
-                sub.awaiting_keyframe = false;
+            if sub.awaiting_keyframe && !keyframe {
+                awaiting = true;
+                continue;
             }
             if send_to_viewer(now, &mut p.pc, sub, &track.codec, &stored).is_ok() {
+                // The viewer starts only once its first keyframe packet is really on its way.
+                sub.awaiting_keyframe = false;
                 stats.packets_forwarded += 1;
                 stats.bytes_forwarded += stored.payload.len() as u64;
             }
             enqueue_writes(*viewer, p, config.max_queued_datagrams, ready, stats);
         }
         track.ring.insert(stored);
+        awaiting
     }
 
     fn on_viewer_rtcp(&mut self, now: Instant, peer: PeerId, packet: &dyn rtcp::Packet) {

@@ -31,10 +31,22 @@ fn expected_payload(config: &MediaConfig, tag: &PayloadTag) -> bytes::Bytes {
 /// Retransmissions arrive late, so the stream is checked in sequence-number order (extended
 /// across wraparound), which is how a jitter buffer reassembles it.
 fn assert_complete_stream(host: &Host, viewer: &Viewer, kind: MediaKind, name: &str) -> usize {
+    assert_complete_prefix(host, viewer, kind, name, usize::MAX)
+}
+
+/// As [`assert_complete_stream`], over the first `limit` packets in sequence order.
+fn assert_complete_prefix(
+    host: &Host,
+    viewer: &Viewer,
+    kind: MediaKind,
+    name: &str,
+    limit: usize,
+) -> usize {
     let config = host.media_config();
     let mut received = viewer.packets(kind);
     let base = received.first().map_or(0, |p| p.seq);
     received.sort_by_key(|p| p.seq.wrapping_sub(base));
+    received.truncate(limit);
     assert!(!received.is_empty(), "{name}: no {kind:?} received");
     let first_tag = received[0].tag().expect("a synthetic payload");
     let sent = host.sent(kind);
@@ -45,7 +57,7 @@ fn assert_complete_stream(host: &Host, viewer: &Viewer, kind: MediaKind, name: &
     // Packets still in flight at the end are not counted against the viewer.
     let expected: Vec<_> = sent[start..].iter().take(received.len()).collect();
     assert!(
-        sent.len() - start - expected.len() <= 5,
+        limit != usize::MAX || sent.len() - start - expected.len() <= 5,
         "{name}: {} {kind:?} packets sent after the first were not received",
         sent.len() - start - expected.len()
     );
@@ -137,9 +149,25 @@ async fn three_viewers_get_every_packet_and_a_late_viewer_gets_a_keyframe_fast()
     let late = Viewer::join(server.http, &room)
         .await
         .expect("late viewer joins");
-    late.wait_for(SETTLE, |s| s.first_keyframe_at().is_some())
+    if let Err(err) = late
+        .wait_for(SETTLE, |s| s.first_keyframe_at().is_some())
         .await
-        .expect("late viewer gets a keyframe");
+    {
+        let stats = server.state.sfu.stats().await.unwrap();
+        panic!(
+            "late viewer got no keyframe ({err}): {} video / {} audio packets (first: {:?}), \
+             host saw {} PLIs (was {plis_before}), viewer state {:?}, sfu {stats:?}",
+            late.packets(MediaKind::Video).len(),
+            late.packets(MediaKind::Audio).len(),
+            late.packets(MediaKind::Video)
+                .iter()
+                .take(3)
+                .map(|p| (p.seq, p.tag(), p.payload.slice(..p.payload.len().min(6))))
+                .collect::<Vec<_>>(),
+            host.plis_received(),
+            late.peer().connection_state(),
+        );
+    }
     let waited = late.first_keyframe_at().unwrap() - late.join_sent_at();
     assert!(
         host.plis_received() > plis_before,
@@ -176,15 +204,18 @@ async fn packets_lost_on_the_way_to_a_viewer_come_back_after_nack() {
         dropped.len()
     );
     // Every dropped packet except those dropped in the last moments came back.
+    let settled = &dropped[..dropped.len() - 2];
     viewer
         .wait_for(SETTLE, |s| {
-            dropped[..dropped.len() - 2]
-                .iter()
-                .all(|(ssrc, seq)| s.has_packet(*ssrc, *seq))
+            settled.iter().all(|(ssrc, seq)| s.has_packet(*ssrc, *seq))
         })
         .await
         .expect("every dropped packet was retransmitted");
-    assert_complete_stream(&host, &viewer, MediaKind::Video, "lossy viewer");
+    // The stream up to the last settled drop is complete; later drops may still be in repair.
+    let first = viewer.packets(MediaKind::Video)[0].seq;
+    let last_settled = settled.last().unwrap().1;
+    let checked = usize::from(last_settled.wrapping_sub(first)) + 1;
+    assert_complete_prefix(&host, &viewer, MediaKind::Video, "lossy viewer", checked);
     let stats = server.state.sfu.stats().await.unwrap();
     assert!(stats.nacks_received > 0 && stats.retransmissions as usize >= dropped.len() - 2);
     server.stop().await;
@@ -202,6 +233,7 @@ async fn a_reconnecting_host_keeps_viewers_on_the_same_stream() {
         .await
         .unwrap();
     let before = viewer.packets(MediaKind::Video);
+    let offers_before = viewer.offers_answered();
     // The host's connection drops (no goodbye); it comes back with its key.
     drop(host);
     let host2 = Host::join_with(
@@ -227,10 +259,10 @@ async fn a_reconnecting_host_keeps_viewers_on_the_same_stream() {
     for pair in after.windows(2) {
         assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "no sequence gap");
     }
-    assert!(
-        viewer.offers_answered() == 1,
-        "no renegotiation: {} offers",
-        viewer.offers_answered()
+    assert_eq!(
+        viewer.offers_answered(),
+        offers_before,
+        "no renegotiation across the reconnect"
     );
     // The viewer's session heard nothing alarming.
     assert!(viewer.messages().try_recv().is_none_or(|m| m.is_ok()));

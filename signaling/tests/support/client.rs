@@ -41,7 +41,6 @@ use rtc::interceptor::{
     Attribute, Interceptor, Packet as ChainPacket, Slot, StreamInfo, TaggedPacket,
 };
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
-use rtc::peer_connection::transport::RTCDtlsRole;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
@@ -1427,9 +1426,10 @@ impl Subscriber {
         media_engine.register_default_codecs()?;
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
         let recorder = Arc::new(Recorder::new());
-        // Answer `a=setup:active` and start the DTLS handshake, as browsers do; the server's
-        // offer is `actpass`.
-        let settings = SettingEngineBuilder::new().with_answering_dtls_role(RTCDtlsRole::Client);
+        // webrtc's default answer is `a=setup:passive`. Answering `active` (as browsers do) is
+        // faster, but this stack installs its SRTP keys a step after its DTLS Finished and
+        // drops the SFU's first packets (the keyframe). As DTLS server it finishes first.
+        let settings = SettingEngineBuilder::new();
         let peer = Peer::build(
             media_engine,
             registry,
