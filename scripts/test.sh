@@ -48,7 +48,7 @@ fi
 
 say "browser tests (headless Chromium)"
 if ensure_chromium && ensure_npm_packages && cargo build --bin marquee --color never; then
-    MARQUEE_BIN="$ROOT/target/debug/marquee" node --test --test-reporter=tap web-demo/tests/ 2>&1 \
+    MARQUEE_BIN="$ROOT/target/debug/marquee" node --test --test-concurrency=1 --test-reporter=tap web-demo/tests/ 2>&1 \
         | tee "$LOG_DIR/browser.log"
     node_status=${PIPESTATUS[0]}
     p=$(sed -nE 's/^# pass ([0-9]+)$/\1/p' "$LOG_DIR/browser.log" | tail -1)

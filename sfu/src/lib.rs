@@ -23,7 +23,7 @@ mod sfu;
 pub use config::SfuConfig;
 pub use driver::{SfuHandle, run_driver};
 pub use ids::{PeerId, RoomId, TrackId};
-pub use sfu::{Datagram, Sfu, SfuEvent, Transmit};
+pub use sfu::{Datagram, Sfu, SfuEvent, Transmit, host_candidate};
 
 /// A trickled ICE candidate, as `rtc` takes it.
 pub use rtc::peer_connection::transport::RTCIceCandidateInit as IceCandidateInit;

@@ -271,22 +271,8 @@ impl Sfu {
             .build(now)
             .map_err(SfuError::internal)?;
         for addr in &self.config.candidates {
-            let candidate = CandidateHostConfig {
-                base_config: CandidateConfig {
-                    network: "udp".to_owned(),
-                    address: addr.ip().to_string(),
-                    port: addr.port(),
-                    component: 1,
-                    ..Default::default()
-                },
-                ..Default::default()
-            }
-            .new_candidate_host()
-            .map_err(SfuError::internal)?;
-            let init = RTCIceCandidate::from(&candidate)
-                .to_json()
+            pc.add_local_candidate(host_candidate(*addr)?)
                 .map_err(SfuError::internal)?;
-            pc.add_local_candidate(init).map_err(SfuError::internal)?;
         }
         // End of candidates: an ICE-lite server knows all of its candidates up front.
         pc.add_local_candidate(RTCIceCandidateInit::default())
@@ -1185,6 +1171,25 @@ impl Sfu {
             self.rooms.remove(room);
         }
     }
+}
+
+/// A UDP host candidate for `addr`, as `rtc` takes local candidates.
+pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SfuError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(SfuError::internal)?;
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(SfuError::internal)
 }
 
 /// Marks the tracks fed by `peer`'s `sources` as orphaned; true if any was.

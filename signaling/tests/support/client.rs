@@ -84,10 +84,6 @@ pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 /// §14.2 Ta). With 28 attempts a candidate pair is still tried for 1.4 s, as by default.
 const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Position of [`KeyframeRequestForwarder`] in the interceptor chain: application-most, above
-/// every default interceptor, as in webrtc's `rtcp-processing` example.
-const KEYFRAME_FORWARDER_SLOT: usize = 14_000;
-
 // ── WebSocket ────────────────────────────────────────────────────────────────────────────────
 
 /// A server `error` message, as an error value: `recv_until` and `join` fail with it when the
@@ -772,9 +768,11 @@ impl Publisher {
             },
             RtpCodecKind::Audio,
         )?;
+        // The SFU's own marker hands PLI/FIR (and NACK, which the publisher ignores: the
+        // default NACK responder has already answered it) to the application.
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-            Slot::from(KEYFRAME_FORWARDER_SLOT),
-            KeyframeRequestForwarder::default(),
+            sfu::codecs::FEEDBACK_SLOT,
+            sfu::feedback::DeliverFeedback::default(),
         );
         let peer = Peer::build(media_engine, registry, settings, None).await?;
 
@@ -1175,7 +1173,7 @@ impl PublisherShared {
 }
 
 /// Reads RTCP about the video track (only PLI and FIR reach it, see
-/// [`KeyframeRequestForwarder`]) and asks the generator for a keyframe.
+/// [`sfu::feedback::DeliverFeedback`]) and asks the generator for a keyframe.
 async fn read_keyframe_requests(shared: Arc<PublisherShared>) {
     while let Some(event) = shared.video.poll().await {
         let TrackLocalEvent::OnRtcpPacket(packets) = event else {
@@ -1228,65 +1226,6 @@ async fn generate_media(shared: Arc<PublisherShared>) {
             else => break,
         }
     }
-}
-
-/// Hands inbound PLI and FIR to the application (the publisher's `TrackLocal::poll`) and
-/// drops every other inbound RTCP packet, which the default interceptors have already acted
-/// on (NACKs answered, reports read). Inbound RTCP stops at the end of the chain unless an
-/// interceptor marks it [`Attribute::DeliverToApplication`]; this is webrtc's own
-/// `rtcp-processing` example.
-#[derive(Default)]
-struct KeyframeRequestForwarder {
-    read_queue: std::collections::VecDeque<TaggedPacket>,
-    write_queue: std::collections::VecDeque<TaggedPacket>,
-}
-
-impl rtc::sansio::Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
-    type Rout = TaggedPacket;
-    type Wout = TaggedPacket;
-    type Eout = ();
-    type Error = rtc::shared::error::Error;
-    type Time = Instant;
-
-    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
-        if let ChainPacket::Rtcp(packets) = &msg.message.packet {
-            let requests: Vec<Box<dyn rtc::rtcp::Packet>> = packets
-                .iter()
-                .filter(|p| {
-                    let p = p.as_any();
-                    p.is::<PictureLossIndication>() || p.is::<FullIntraRequest>()
-                })
-                .cloned()
-                .collect();
-            if requests.is_empty() {
-                return Ok(());
-            }
-            msg.message.packet = ChainPacket::Rtcp(requests);
-            msg.message.add(Attribute::DeliverToApplication);
-        }
-        self.read_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_read(&mut self) -> Option<Self::Rout> {
-        self.read_queue.pop_front()
-    }
-
-    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
-        self.write_queue.push_back(msg);
-        Ok(())
-    }
-
-    fn poll_write(&mut self) -> Option<Self::Wout> {
-        self.write_queue.pop_front()
-    }
-}
-
-impl Interceptor for KeyframeRequestForwarder {
-    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
-    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
-    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 fn vp8_codec() -> RTCRtpCodec {
