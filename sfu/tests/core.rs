@@ -13,7 +13,12 @@ use sfu::{Datagram, RoomId, SfuConfig};
 const FRAME: Duration = Duration::from_millis(33);
 
 fn connected_room(viewers: usize) -> (Harness, usize, Vec<usize>) {
+    connected_room_with("video/VP8", viewers)
+}
+
+fn connected_room_with(video_mime: &'static str, viewers: usize) -> (Harness, usize, Vec<usize>) {
     let mut h = Harness::new(SfuConfig::default());
+    h.video_mime = video_mime;
     let host = h.add_host("room");
     h.run_for(Duration::from_millis(500));
     // The first packets create the room's tracks; viewers arriving later get offers.
@@ -273,4 +278,26 @@ fn a_peer_that_goes_silent_is_reported_failed() {
         h.clients[stays].states.last(),
         Some(&sfu::ConnectionState::Connected)
     );
+}
+
+#[test]
+fn h264_is_forwarded_from_an_idr_on() {
+    let (mut h, host, viewers) = connected_room_with("video/H264", 2);
+    for seq in 2..=40u16 {
+        h.send_frame(host, seq, seq == 20, FRAME);
+    }
+    h.run_for(Duration::from_millis(200));
+    for &v in &viewers {
+        let (_, video) = h.clients[v].video();
+        assert_eq!(video.len(), 21, "from the IDR at 20 through 40");
+        assert_eq!(
+            video[0].2,
+            video_payload("video/H264", 20, true),
+            "starts at the IDR"
+        );
+        for (i, (_, _, payload)) in video.iter().enumerate() {
+            assert_eq!(payload, &video_payload("video/H264", 20 + i as u16, i == 0));
+        }
+        assert!(video.windows(2).all(|p| p[1].0 == p[0].0.wrapping_add(1)));
+    }
 }

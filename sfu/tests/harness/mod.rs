@@ -53,6 +53,8 @@ pub struct Client {
 }
 
 pub struct Harness {
+    /// The video codec hosts publish: `video/VP8` (default) or `video/H264`.
+    pub video_mime: &'static str,
     pub sfu: Sfu,
     pub now: Instant,
     pub clients: Vec<Client>,
@@ -71,6 +73,7 @@ impl Harness {
             now: Instant::now(),
             clients: Vec::new(),
             server,
+            video_mime: "video/VP8",
         }
     }
 
@@ -106,15 +109,11 @@ impl Harness {
         let mut pc = self.client_pc(addr);
         let video_ssrc = rand::random();
         let audio_ssrc = rand::random();
-        let video = pc
-            .add_track(track(
-                RtpCodecKind::Video,
-                "video/VP8",
-                90000,
-                0,
-                video_ssrc,
-            ))
-            .unwrap();
+        let mut video_track = track(RtpCodecKind::Video, self.video_mime, 90000, 0, video_ssrc);
+        if self.video_mime == "video/H264" {
+            video_track = h264_track(video_ssrc);
+        }
+        let video = pc.add_track(video_track).unwrap();
         let audio = pc
             .add_track(track(
                 RtpCodecKind::Audio,
@@ -284,9 +283,10 @@ impl Harness {
         let c = &mut self.clients[host];
         let (video, video_ssrc) = c.video.unwrap();
         let (audio, audio_ssrc) = c.audio.unwrap();
-        let vp8 = vp8_payload(seq, keyframe);
+        let mime = self.video_mime;
+        let vp8 = video_payload(mime, seq, keyframe);
         let mut sender = c.pc.rtp_sender(video).unwrap();
-        let pt = payload_type(&mut sender, "video/VP8");
+        let pt = payload_type(&mut sender, mime);
         sender
             .write_rtp(
                 now,
@@ -354,11 +354,14 @@ impl Client {
         }
     }
 
-    /// The received stream whose payloads look like VP8 test frames.
+    /// The received stream whose payloads look like video test frames (VP8 or H.264).
     pub fn video(&self) -> (u32, &[(u16, u32, Bytes)]) {
         self.rtp
             .iter()
-            .find(|(_, v)| v.iter().any(|(_, _, p)| p.starts_with(&[0x10])))
+            .find(|(_, v)| {
+                v.iter()
+                    .any(|(_, _, p)| p.starts_with(&[0x10]) || p.starts_with(&[0x65]))
+            })
             .map(|(ssrc, v)| (*ssrc, v.as_slice()))
             .unwrap_or((0, &[]))
     }
@@ -412,6 +415,42 @@ pub fn payload_type(
         .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(mime))
         .map(|c| c.payload_type)
         .expect("codec negotiated")
+}
+
+/// An H.264 track (constrained baseline, packetization mode 1, as browsers offer).
+pub fn h264_track(ssrc: u32) -> MediaStreamTrack {
+    MediaStreamTrack::new(
+        "host".into(),
+        format!("h264-{ssrc}"),
+        "video/H264".into(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: RTCRtpCodec {
+                mime_type: "video/H264".into(),
+                clock_rate: 90000,
+                sdp_fmtp_line:
+                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }],
+    )
+}
+
+/// A video test payload for `mime`: VP8 as [`vp8_payload`], H.264 as one NAL unit (IDR slice
+/// for keyframes, non-IDR slice otherwise) followed by the sequence number.
+pub fn video_payload(mime: &str, seq: u16, keyframe: bool) -> Bytes {
+    if mime != "video/H264" {
+        return vp8_payload(seq, keyframe);
+    }
+    let mut p = vec![if keyframe { 0x65 } else { 0x41 }, 0x88];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&[0xCD; 100]);
+    Bytes::from(p)
 }
 
 /// A VP8 test payload: descriptor with S=1/PID=0, a frame tag whose P bit marks keyframes,
