@@ -164,7 +164,7 @@ pub fn run_driver(
 struct Driver {
     sfu: Sfu,
     senders: HashMap<SocketAddr, Arc<UdpSocket>>,
-    peer_events: HashMap<PeerId, (RoomId, mpsc::Sender<SfuEvent>)>,
+    peer_events: HashMap<PeerId, mpsc::Sender<SfuEvent>>,
     room_events: mpsc::Sender<SfuEvent>,
 }
 
@@ -217,7 +217,7 @@ impl Driver {
             } => {
                 let result = self.sfu.add_peer(now, &room, role);
                 if let Ok(peer) = &result {
-                    self.peer_events.insert(*peer, (room, events));
+                    self.peer_events.insert(*peer, events);
                 }
                 let _ = reply.send(result);
             }
@@ -257,7 +257,7 @@ impl Driver {
         while let Some(event) = self.sfu.poll_event() {
             match &event {
                 SfuEvent::Offer { peer, .. } | SfuEvent::Connection { peer, .. } => {
-                    if let Some((_, tx)) = self.peer_events.get(peer) {
+                    if let Some(tx) = self.peer_events.get(peer) {
                         let _ = tx.try_send(event);
                     }
                 }

@@ -103,6 +103,10 @@ pub struct Sfu {
     ready: VecDeque<PeerId>,
     /// Peer deadlines; an entry is stale unless it equals the peer's current `deadline`.
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
+    /// Track deadlines (deferred keyframe request, orphan expiry), pushed when set; an
+    /// entry is stale unless it is still one of the track's [`Track::deadlines`]. Keeps
+    /// `poll_timeout` from scanning every track on each driver iteration.
+    track_timers: BinaryHeap<Reverse<(Instant, TrackId)>>,
     events: VecDeque<SfuEvent>,
     stats: SfuStats,
     /// When connected peers are next checked for silence (see [`SfuConfig::peer_timeout`]).
@@ -188,6 +192,18 @@ struct Source {
     ssrc: u32,
 }
 
+impl Track {
+    /// `[deferred keyframe request, orphan expiry]`, each when set.
+    fn deadlines(&self, config: &SfuConfig) -> [Option<Instant>; 2] {
+        let keyframe = self
+            .last_keyframe_request
+            .filter(|_| self.keyframe_request_pending && self.source.is_some())
+            .map(|last| last + config.keyframe_request_interval);
+        let expiry = self.orphaned_at.map(|at| at + config.track_grace);
+        [keyframe, expiry]
+    }
+}
+
 impl Sfu {
     pub fn new(config: SfuConfig) -> Self {
         Self {
@@ -200,6 +216,7 @@ impl Sfu {
             by_addr: HashMap::new(),
             ready: VecDeque::new(),
             timers: BinaryHeap::new(),
+            track_timers: BinaryHeap::new(),
             events: VecDeque::new(),
             stats: SfuStats::default(),
             next_liveness_sweep: None,
@@ -339,12 +356,7 @@ impl Sfu {
             .map_err(SfuError::invalid_sdp)?;
         p.has_remote_description = true;
         let answer = p.pc.create_answer(None).map_err(SfuError::invalid_sdp)?;
-        p.pc.set_local_description(now, answer.clone())
-            .map_err(SfuError::invalid_sdp)?;
-        let sdp =
-            p.pc.local_description()
-                .map(|d| d.sdp)
-                .unwrap_or(answer.sdp);
+        let sdp = apply_local_description(now, &mut p.pc, answer).map_err(SfuError::invalid_sdp)?;
         self.replay_early(now, peer);
         self.process(now, peer);
         Ok(sdp)
@@ -418,14 +430,13 @@ impl Sfu {
             }
         }
         let room_id = p.room.clone();
-        let mut tracks_changed = false;
         if let Some(room) = self.rooms.get_mut(&room_id) {
             match p.role {
                 Role::Publisher => {
                     if room.publisher == Some(peer) {
                         room.publisher = None;
                     }
-                    tracks_changed = orphan_tracks(&mut self.tracks, peer, &p.sources, now);
+                    self.orphan(now, peer, &room_id, p.sources.into_values());
                 }
                 Role::Subscriber => {
                     room.subscribers.retain(|id| *id != peer);
@@ -436,9 +447,6 @@ impl Sfu {
                     }
                 }
             }
-        }
-        if tracks_changed {
-            self.emit_tracks(&room_id);
         }
         self.remove_room_if_empty(&room_id);
     }
@@ -598,12 +606,14 @@ impl Sfu {
             }
             self.timers.pop();
         }
+        while let Some(Reverse((at, id))) = self.track_timers.peek().copied() {
+            if self.track_timer_is_live(at, id) {
+                break;
+            }
+            self.track_timers.pop();
+        }
         let peer_deadline = self.timers.peek().map(|Reverse((at, _))| *at);
-        let track_deadline = self
-            .tracks
-            .values()
-            .filter_map(|t| self.track_deadline(t))
-            .min();
+        let track_deadline = self.track_timers.peek().map(|Reverse((at, _))| *at);
         [peer_deadline, track_deadline, self.next_liveness_sweep]
             .into_iter()
             .flatten()
@@ -619,8 +629,31 @@ impl Sfu {
         };
         let sources = std::mem::take(&mut p.sources);
         let room = p.room.clone();
-        if orphan_tracks(&mut self.tracks, peer, &sources, now) {
-            self.emit_tracks(&room);
+        self.orphan(now, peer, &room, sources.into_values());
+    }
+
+    /// Marks the tracks among `ids` that `peer` feeds as orphaned (kept for `track_grace`),
+    /// and tells signaling if any was.
+    fn orphan(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        room: &RoomId,
+        ids: impl IntoIterator<Item = TrackId>,
+    ) {
+        let mut changed = false;
+        for id in ids {
+            if let Some(track) = self.tracks.get_mut(&id)
+                && track.source.as_ref().is_some_and(|s| s.peer == peer)
+            {
+                track.source = None;
+                track.orphaned_at = Some(now);
+                self.schedule_track(id);
+                changed = true;
+            }
+        }
+        if changed {
+            self.emit_tracks(room);
         }
     }
 
@@ -831,22 +864,14 @@ impl Sfu {
     }
 
     fn on_source_closed(&mut self, now: Instant, peer: PeerId, track_id: &str) {
-        let Some(track) = self
-            .peers
-            .get_mut(&peer)
-            .and_then(|p| p.sources.remove(track_id))
-        else {
+        let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
-        let Some(t) = self.tracks.get_mut(&track) else {
+        let Some(track) = p.sources.remove(track_id) else {
             return;
         };
-        if t.source.as_ref().is_some_and(|s| s.peer == peer) {
-            t.source = None;
-            t.orphaned_at = Some(now);
-            let room = t.room.clone();
-            self.emit_tracks(&room);
-        }
+        let room = p.room.clone();
+        self.orphan(now, peer, &room, [track]);
     }
 
     /// The hot path: one inbound packet, rewritten and stored once, sent to every viewer.
@@ -1018,10 +1043,12 @@ impl Sfu {
             .is_none_or(|last| now.duration_since(last) >= interval);
         if !due {
             track.keyframe_request_pending = true;
+            self.schedule_track(track_id);
             return;
         }
         let Some(source) = &track.source else {
-            track.keyframe_request_pending = true; // ask the next source once bound
+            // Asked of the next source as soon as one is bound (`on_source_open`).
+            track.keyframe_request_pending = true;
             return;
         };
         track.last_keyframe_request = Some(now);
@@ -1042,33 +1069,38 @@ impl Sfu {
         self.flush_peer(host);
     }
 
-    fn track_deadline(&self, track: &Track) -> Option<Instant> {
-        let keyframe = (track.keyframe_request_pending && track.source.is_some())
-            .then(|| {
-                track
-                    .last_keyframe_request
-                    .map(|last| last + self.config.keyframe_request_interval)
-            })
-            .flatten();
-        let expiry = track.orphaned_at.map(|at| at + self.config.track_grace);
-        match (keyframe, expiry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    fn track_timer_is_live(&self, at: Instant, id: TrackId) -> bool {
+        self.tracks
+            .get(&id)
+            .is_some_and(|t| t.deadlines(&self.config).contains(&Some(at)))
+    }
+
+    /// Queues the track's current deadlines; called whenever one is set.
+    fn schedule_track(&mut self, id: TrackId) {
+        if let Some(t) = self.tracks.get(&id) {
+            for at in t.deadlines(&self.config).into_iter().flatten() {
+                self.track_timers.push(Reverse((at, id)));
+            }
         }
     }
 
     fn handle_track_timers(&mut self, now: Instant) {
-        let due: Vec<TrackId> = self
-            .tracks
-            .iter()
-            .filter(|(_, t)| self.track_deadline(t).is_some_and(|at| at <= now))
-            .map(|(id, _)| *id)
-            .collect();
+        let mut due = Vec::new();
+        while let Some(Reverse((at, id))) = self.track_timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.track_timers.pop();
+            if self.track_timer_is_live(at, id) && !due.contains(&id) {
+                due.push(id);
+            }
+        }
         for id in due {
-            let expired = self.tracks.get(&id).is_some_and(|t| {
-                t.orphaned_at
-                    .is_some_and(|at| now.duration_since(at) >= self.config.track_grace)
-            });
+            let expired = self
+                .tracks
+                .get(&id)
+                .and_then(|t| t.deadlines(&self.config)[1])
+                .is_some_and(|at| at <= now);
             if expired {
                 self.remove_track(now, id);
             } else {
@@ -1105,7 +1137,7 @@ impl Sfu {
         let track = self
             .tracks
             .get_mut(&track_id)
-            .ok_or(SfuError::UnknownPeer)?;
+            .ok_or_else(|| SfuError::Internal(format!("no track {track_id}")))?;
         let p = self.peers.get_mut(&viewer).ok_or(SfuError::UnknownPeer)?;
         let ssrc = rand::random::<u32>();
         let kind = match track.codec.kind {
@@ -1148,9 +1180,7 @@ impl Sfu {
             return Ok(());
         }
         let offer = p.pc.create_offer(None).map_err(SfuError::internal)?;
-        p.pc.set_local_description(now, offer.clone())
-            .map_err(SfuError::internal)?;
-        let sdp = p.pc.local_description().map(|d| d.sdp).unwrap_or(offer.sdp);
+        let sdp = apply_local_description(now, &mut p.pc, offer).map_err(SfuError::internal)?;
         p.offer_outstanding = true;
         self.events.push_back(SfuEvent::Offer { peer: viewer, sdp });
         Ok(())
@@ -1192,24 +1222,16 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SfuError>
         .map_err(SfuError::internal)
 }
 
-/// Marks the tracks fed by `peer`'s `sources` as orphaned; true if any was.
-fn orphan_tracks(
-    tracks: &mut HashMap<TrackId, Track>,
-    peer: PeerId,
-    sources: &HashMap<String, TrackId>,
+/// Sets `description` as the local one and returns the SDP to send, which `rtc` completes
+/// (candidates, fingerprints) when applying it.
+fn apply_local_description(
     now: Instant,
-) -> bool {
-    let mut changed = false;
-    for id in sources.values() {
-        if let Some(track) = tracks.get_mut(id)
-            && track.source.as_ref().is_some_and(|s| s.peer == peer)
-        {
-            track.source = None;
-            track.orphaned_at = Some(now);
-            changed = true;
-        }
-    }
-    changed
+    pc: &mut RTCPeerConnection,
+    description: RTCSessionDescription,
+) -> rtc::shared::error::Result<String> {
+    let fallback = description.sdp.clone();
+    pc.set_local_description(now, description)?;
+    Ok(pc.local_description().map_or(fallback, |d| d.sdp))
 }
 
 /// Writes one stored packet to one viewer: only SSRC and payload type differ per viewer.

@@ -19,8 +19,23 @@ const ROOMS_QUEUE: usize = 1024;
 /// off a TV and type on a phone. 31^6 ≈ 887 million codes.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 const CODE_LEN: usize = 6;
+/// Host keys: 32 characters of the same alphabet, about 158 bits.
+const HOST_KEY_LEN: usize = 32;
 /// Longest room code a client may choose.
 pub const MAX_ROOM_CODE: usize = 32;
+
+/// A session asking to join a room (the fields of a protocol `join`, checked).
+#[derive(Debug)]
+pub struct JoinRequest {
+    pub session: SessionId,
+    /// `None`: a host asking for a fresh room.
+    pub room: Option<String>,
+    pub name: String,
+    pub role: Role,
+    pub host_key: Option<String>,
+    /// Where room state for this session goes.
+    pub outbox: Outbox,
+}
 
 /// A granted join.
 #[derive(Debug)]
@@ -44,12 +59,7 @@ pub struct RoomsHandle {
 
 enum Command {
     Join {
-        session: SessionId,
-        room: Option<String>,
-        name: String,
-        role: Role,
-        host_key: Option<String>,
-        outbox: Outbox,
+        request: JoinRequest,
         reply: oneshot::Sender<Result<Grant, Refusal>>,
     },
     Leave {
@@ -63,26 +73,14 @@ enum Command {
 }
 
 impl RoomsHandle {
-    pub async fn join(
-        &self,
-        session: SessionId,
-        room: Option<String>,
-        name: String,
-        role: Role,
-        host_key: Option<String>,
-        outbox: Outbox,
-    ) -> Result<Grant, Refusal> {
+    pub async fn join(&self, request: JoinRequest) -> Result<Grant, Refusal> {
         let (reply, rx) = oneshot::channel();
-        let command = Command::Join {
-            session,
-            room,
-            name,
-            role,
-            host_key,
-            outbox,
-            reply,
-        };
-        if self.tx.send(command).await.is_err() {
+        if self
+            .tx
+            .send(Command::Join { request, reply })
+            .await
+            .is_err()
+        {
             return Err(stopped());
         }
         rx.await.unwrap_or_else(|_| Err(stopped()))
@@ -149,17 +147,8 @@ impl Rooms {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Join {
-                session,
-                room,
-                name,
-                role,
-                host_key,
-                outbox,
-                reply,
-            } => {
-                let result = self.join(session, room, name, role, host_key, outbox);
-                let _ = reply.send(result);
+            Command::Join { request, reply } => {
+                let _ = reply.send(self.join(request));
             }
             Command::Leave { session, room } => self.leave(session, &room),
             Command::Tracks { room, tracks } => {
@@ -171,15 +160,15 @@ impl Rooms {
         }
     }
 
-    fn join(
-        &mut self,
-        session: SessionId,
-        room: Option<String>,
-        name: String,
-        role: Role,
-        host_key: Option<String>,
-        outbox: Outbox,
-    ) -> Result<Grant, Refusal> {
+    fn join(&mut self, request: JoinRequest) -> Result<Grant, Refusal> {
+        let JoinRequest {
+            session,
+            room,
+            name,
+            role,
+            host_key,
+            outbox,
+        } = request;
         let member = Member {
             session,
             name,
@@ -207,10 +196,10 @@ impl Rooms {
             Role::Host => {
                 let code = match room {
                     Some(code) => normalize_code(&code)?,
-                    None => self.fresh_code(),
+                    None => self.unused_code(),
                 };
                 let r = self.rooms.entry(code.clone()).or_insert_with(|| Room {
-                    host_key: random_key(),
+                    host_key: random_code(HOST_KEY_LEN),
                     ..Room::default()
                 });
                 if r.host.is_some() {
@@ -267,12 +256,9 @@ impl Rooms {
         }
     }
 
-    fn fresh_code(&self) -> String {
-        let mut rng = rand::rng();
+    fn unused_code(&self) -> String {
         loop {
-            let code: String = (0..CODE_LEN)
-                .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
-                .collect();
+            let code = random_code(CODE_LEN);
             if !self.rooms.contains_key(&code) {
                 return code;
             }
@@ -326,9 +312,10 @@ pub fn normalize_code(code: &str) -> Result<String, Refusal> {
     Ok(code.to_ascii_uppercase())
 }
 
-fn random_key() -> String {
+/// `len` characters of [`CODE_ALPHABET`], uniformly random.
+fn random_code(len: usize) -> String {
     let mut rng = rand::rng();
-    (0..32)
+    (0..len)
         .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
         .collect()
 }

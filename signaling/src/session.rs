@@ -14,6 +14,7 @@ use crate::protocol::{
     ClientMessage, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, Role, RoomState,
     ServerMessage, decode_client_message,
 };
+use crate::rooms::JoinRequest;
 
 /// Messages queued for one session by other tasks (room state). When full the sender skips
 /// the message and retries later (room state is a snapshot); the session is never awaited.
@@ -266,7 +267,14 @@ impl Session {
         let grant = self
             .state
             .rooms
-            .join(self.id, room, name, role, host_key, self.outbox.clone())
+            .join(JoinRequest {
+                session: self.id,
+                room,
+                name,
+                role,
+                host_key,
+                outbox: self.outbox.clone(),
+            })
             .await
             .map_err(|r| (r.code, r.message))?;
         let mut membership = Membership {
