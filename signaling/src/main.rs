@@ -69,12 +69,18 @@ async fn main() -> anyhow::Result<()> {
     let state = AppState::start(config.clone())
         .await
         .with_context(|| format!("binding media on {}", config.udp))?;
+    let http = listener.local_addr()?;
+    // A wildcard address is not something to type into a browser; localhost is.
+    let open = if http.ip().is_unspecified() {
+        format!("http://localhost:{}/", http.port())
+    } else {
+        format!("http://{http}/")
+    };
     tracing::info!(
-        http = %listener.local_addr()?,
+        %http,
         media = ?state.media_addrs,
         web_root = %config.web_root.display(),
-        "marquee is up: open http://{}/",
-        listener.local_addr()?
+        "marquee is up: open {open}"
     );
     signaling::run(listener, state, shutdown_signal()).await?;
     tracing::info!("marquee stopped");
