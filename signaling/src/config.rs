@@ -28,6 +28,11 @@ pub struct ServerConfig {
     /// How often a room's state is pushed to its members at most. Coalescing keeps a join
     /// spike of N viewers from costing N² messages.
     pub room_state_interval: Duration,
+    /// Redis URL shared by the nodes of a deployment (`redis://host:6379/0`). `None`: watch
+    /// parties live in this process's memory (one node, nothing to run).
+    pub redis_url: Option<String>,
+    /// Watch-party tunables.
+    pub party: sync::PartyConfig,
 }
 
 impl Default for ServerConfig {
@@ -40,6 +45,8 @@ impl Default for ServerConfig {
             web_root: default_web_root(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             room_state_interval: Duration::from_millis(250),
+            redis_url: None,
+            party: sync::PartyConfig::default(),
         }
     }
 }

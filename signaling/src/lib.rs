@@ -6,13 +6,17 @@
 //! - [`config`]: [`ServerConfig`] and its defaults.
 //! - `media`: binding the UDP media port.
 //! - `rooms`: room membership and coalesced room state.
-//! - `session`: one WebSocket session.
+//! - `parties`: watch-party replicas of this node, fed by the sync store.
+//! - `session`: one WebSocket session (live rooms and parties).
+//! - `wall_clock`: the one place the edge reads the wall clock.
 
 pub mod config;
 mod media;
+mod parties;
 pub mod protocol;
 mod rooms;
 mod session;
+mod wall_clock;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +24,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
-use axum::extract::{ConnectInfo, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use sfu::{SfuConfig, SfuEvent, SfuHandle};
@@ -32,8 +37,10 @@ use tower_http::services::ServeDir;
 pub use config::ServerConfig;
 pub use media::bind_media;
 
+use parties::PartiesHandle;
 use rooms::RoomsHandle;
 use session::SessionId;
+use sync::{MemoryStore, RedisStore, Store, StoreConfig};
 
 /// Hard cap on a WebSocket message before the library closes the connection. Messages above
 /// `ServerConfig::max_message_bytes` but below this get a `message_too_large` error and the
@@ -48,6 +55,7 @@ pub struct AppState {
     pub config: Arc<ServerConfig>,
     pub sfu: SfuHandle,
     rooms: RoomsHandle,
+    parties: PartiesHandle,
     /// Cancelled on shutdown: sessions say goodbye, the SFU driver stops.
     pub shutdown: CancellationToken,
     next_session: Arc<AtomicU64>,
@@ -56,8 +64,23 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Binds the media port and starts the SFU driver and the rooms task.
+    /// Binds the media port, connects the party store, and starts the SFU driver and the
+    /// rooms and parties tasks.
     pub async fn start(config: ServerConfig) -> std::io::Result<Self> {
+        let store_config = StoreConfig {
+            history: config.party.history,
+            presence_ttl: config.party.presence_ttl,
+            ..StoreConfig::default()
+        };
+        let store: Arc<dyn Store> = match &config.redis_url {
+            Some(url) => Arc::new(
+                RedisStore::connect(url, store_config)
+                    .await
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => Arc::new(MemoryStore::new(store_config)),
+        };
+        let parties = parties::spawn_parties(store, config.party.clone());
         let sockets = bind_media(&config).await?;
         let media_addrs = sockets.iter().map(|s| s.advertised).collect();
         let shutdown = CancellationToken::new();
@@ -80,6 +103,7 @@ impl AppState {
             config: Arc::new(config),
             sfu,
             rooms,
+            parties,
             shutdown,
             next_session: Arc::new(AtomicU64::new(1)),
             media_addrs: Arc::new(media_addrs),
@@ -117,6 +141,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/qr.svg", get(qr_svg))
         .fallback_service(web)
         .with_state(state)
 }
@@ -132,4 +157,40 @@ async fn ws_upgrade(
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
         .on_upgrade(move |socket| session::run_session(socket, state, id))
+}
+
+/// Longest text `/qr.svg` encodes: a join link with room for a host name.
+const QR_MAX_TEXT: usize = 512;
+
+#[derive(serde::Deserialize)]
+struct QrQuery {
+    text: String,
+}
+
+/// `GET /qr.svg?text=…`: the text as a QR code, so a TV shows a link a phone can scan.
+async fn qr_svg(Query(query): Query<QrQuery>) -> axum::response::Response {
+    if query.text.is_empty() || query.text.len() > QR_MAX_TEXT {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("text must be 1 to {QR_MAX_TEXT} bytes"),
+        )
+            .into_response();
+    }
+    match qrcode::QrCode::new(query.text.as_bytes()) {
+        Ok(code) => {
+            let svg = code
+                .render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(256, 256)
+                .build();
+            (
+                [
+                    (header::CONTENT_TYPE, "image/svg+xml"),
+                    (header::CACHE_CONTROL, "public, max-age=3600"),
+                ],
+                svg,
+            )
+                .into_response()
+        }
+        Err(err) => (StatusCode::BAD_REQUEST, err.to_string()).into_response(),
+    }
 }

@@ -37,6 +37,11 @@ struct Cli {
     #[arg(long, env = "MARQUEE_WEB_ROOT")]
     web_root: Option<PathBuf>,
 
+    /// Redis URL for watch-party state shared by several nodes (for example
+    /// redis://127.0.0.1:6379/0). Without it, parties live in this process (one node).
+    #[arg(long = "redis", env = "MARQUEE_REDIS_URL")]
+    redis_url: Option<String>,
+
     /// Largest WebSocket message accepted, in bytes.
     #[arg(long, default_value_t = signaling::protocol::DEFAULT_MAX_MESSAGE_BYTES)]
     max_message_bytes: usize,
@@ -61,6 +66,7 @@ async fn main() -> anyhow::Result<()> {
         include_loopback: !cli.no_loopback,
         web_root: cli.web_root.unwrap_or(defaults.web_root.clone()),
         max_message_bytes: cli.max_message_bytes,
+        redis_url: cli.redis_url,
         ..defaults
     };
     let listener = tokio::net::TcpListener::bind(config.http)
@@ -68,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", config.http))?;
     let state = AppState::start(config.clone())
         .await
-        .with_context(|| format!("binding media on {}", config.udp))?;
+        .with_context(|| format!("starting (media on {})", config.udp))?;
     let http = listener.local_addr()?;
     // A wildcard address is not something to type into a browser; localhost is.
     let open = if http.ip().is_unspecified() {
@@ -80,6 +86,7 @@ async fn main() -> anyhow::Result<()> {
         %http,
         media = ?state.media_addrs,
         web_root = %config.web_root.display(),
+        parties = if config.redis_url.is_some() { "redis" } else { "memory" },
         "marquee is up: open {open}"
     );
     signaling::run(listener, state, shutdown_signal()).await?;

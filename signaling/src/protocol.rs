@@ -8,6 +8,7 @@
 //! error and the connection stays open.
 
 use serde::{Deserialize, Serialize};
+use sync::{Control, Event, MemberStatus, MemberView, PlaybackCommand, SharedState, Spread};
 
 /// The protocol version this server speaks. A `join` carrying another version is refused
 /// with [`ErrorCode::UnsupportedVersion`] so that old clients fail loudly, not subtly.
@@ -85,6 +86,55 @@ pub enum ClientMessage {
         #[serde(default)]
         id: u64,
     },
+    /// Join a watch party, or create one (without `party`). A member resuming after a
+    /// reconnect (to any node) presents `memberId` and `memberKey` to stay the same member,
+    /// and `lastSeq` to receive every event after it, exactly once and in order.
+    PartyJoin {
+        version: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        party: Option<String>,
+        #[serde(default)]
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        member_key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
+    },
+    /// A playback command. `opId` makes a retry idempotent; `baseVersion`, when given, is
+    /// the state version the client saw: a command based on an older one is refused.
+    Playback {
+        op_id: String,
+        command: PlaybackCommand,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_version: Option<u64>,
+    },
+    /// The host sets who may control playback.
+    SetControl { op_id: String, control: Control },
+    Chat { op_id: String, text: String },
+    React { op_id: String, emoji: String },
+    Typing { typing: bool },
+    /// The member's camera is on (published to the live room `PARTY-memberId`) or off.
+    Camera { on: bool },
+    /// A member's periodic report: player status, playback position at a server time under a
+    /// state version, and its clock-sync quality.
+    SyncReport {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<MemberStatus>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        position_ms: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_ms: Option<f64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rtt_ms: Option<f64>,
+    },
+    /// A clock probe: `t0` is the client's clock (ms). Allowed before any join.
+    TimeProbe { t0: f64 },
 }
 
 /// Messages the server sends.
@@ -120,6 +170,62 @@ pub enum ServerMessage {
     Pong { id: u64 },
     /// Something went wrong; see [`ErrorCode`].
     Error(ErrorBody),
+    /// Answer to `partyJoin`. Followed by the missed (or recent) events and a `partyState`.
+    PartyJoined {
+        version: u32,
+        party: String,
+        member_id: String,
+        /// Present with `memberId` on a later `partyJoin` to resume as this member.
+        member_key: String,
+        /// True when `memberId`/`memberKey` were recognized.
+        resumed: bool,
+        /// False when the events after `lastSeq` were no longer all kept (history is
+        /// bounded); the client then shows what follows as a fresh start.
+        history_complete: bool,
+        limits: PartyLimits,
+    },
+    /// One event of the party log, in `seq` order, each once per session.
+    PartyEvent(Event),
+    /// A snapshot of the party: shared state, members, sync spread. Sent after join and,
+    /// coalesced, whenever it changes.
+    PartyState(PartyState),
+    /// A command or chat message was committed as `seq` (or had been: `duplicate`).
+    Ack {
+        op_id: String,
+        seq: u64,
+        duplicate: bool,
+    },
+    /// Answer to `timeProbe`: `t1` when the probe arrived and `t2` when this left, both
+    /// server wall-clock milliseconds since the Unix epoch.
+    TimeReply { t0: f64, t1: f64, t2: f64 },
+}
+
+/// Limits of a party session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyLimits {
+    pub max_chat_chars: usize,
+    pub max_reaction_chars: usize,
+    pub chat_burst: f64,
+    pub chat_per_second: f64,
+    pub history: usize,
+    pub max_op_id_chars: usize,
+}
+
+/// Snapshot of a watch party.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartyState {
+    pub party: String,
+    pub state: SharedState,
+    pub members: Vec<MemberView>,
+    pub spread: Spread,
+    pub last_seq: u64,
+    /// The lead with which changes are scheduled now, in ms.
+    pub lead_ms: i64,
+    /// False while the sync storage is unreachable: commands and chat are refused with
+    /// `sync_unavailable` until it returns (nothing acknowledged is lost).
+    pub sync_available: bool,
 }
 
 /// The documented limits of a session.
@@ -214,6 +320,34 @@ pub enum ErrorCode {
     Full,
     /// The server is shutting down; reconnect elsewhere or later.
     ShuttingDown,
+    /// `partyJoin` named a party that does not exist (or expired).
+    PartyNotFound,
+    /// The member may not do this (playback in a host-controlled party, settings).
+    PermissionDenied,
+    /// The command's `baseVersion` is not the party's version, or another command won a
+    /// race for the same version. The client has (or will get) the winning state.
+    StaleVersion,
+    /// A seek position that is negative, not a number or beyond 48 hours.
+    InvalidPosition,
+    /// A playback rate outside 0.25–4.
+    InvalidRate,
+    /// A video URL that is not `http(s)://…` or a path on this server.
+    InvalidUrl,
+    /// Play, pause, seek or rate before any video was loaded.
+    NothingLoaded,
+    /// An empty chat message, or one longer than `limits.maxChatChars`.
+    ChatTooLong,
+    /// A reaction that is empty, has spaces or is longer than `limits.maxReactionChars`.
+    InvalidReaction,
+    /// Too many chat messages or reactions; the message says when to retry.
+    RateLimited,
+    /// A sync report with numbers that are not finite.
+    InvalidReport,
+    /// An `opId` that is empty or longer than `limits.maxOpIdChars`.
+    InvalidOpId,
+    /// The sync storage (Redis) is unreachable; nothing was changed. Retry with the same
+    /// `opId`: it is applied once.
+    SyncUnavailable,
     /// A bug or an unexpected internal failure; the session continues where possible.
     Internal,
 }
@@ -277,7 +411,23 @@ pub fn decode_client_message(text: &str, limit: usize) -> Result<ClientMessage, 
     }
 }
 
-const KNOWN_CLIENT_TYPES: &[&str] = &["join", "offer", "answer", "candidate", "leave", "ping"];
+const KNOWN_CLIENT_TYPES: &[&str] = &[
+    "join",
+    "offer",
+    "answer",
+    "candidate",
+    "leave",
+    "ping",
+    "partyJoin",
+    "playback",
+    "setControl",
+    "chat",
+    "react",
+    "typing",
+    "camera",
+    "syncReport",
+    "timeProbe",
+];
 
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()

@@ -11,14 +11,21 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, Role, RoomState,
-    ServerMessage, decode_client_message,
+    ClientMessage, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, PartyState, Role,
+    RoomState, ServerMessage, decode_client_message,
 };
 use crate::rooms::JoinRequest;
+use crate::wall_clock;
 
-/// Messages queued for one session by other tasks (room state). When full the sender skips
-/// the message and retries later (room state is a snapshot); the session is never awaited.
-const OUTBOX_CAPACITY: usize = 64;
+mod party;
+
+use party::PartyMembership;
+
+/// Messages queued for one session by other tasks (room and party state, party events).
+/// When full the sender skips the message: snapshots are retried later, and a skipped party
+/// event shows up as a gap that the session fills from the store. No task ever waits on a
+/// slow session.
+const OUTBOX_CAPACITY: usize = 256;
 /// SFU events (offers, connection state) queued for one session.
 const SFU_EVENTS_CAPACITY: usize = 32;
 /// The server pings an idle client this often...
@@ -45,6 +52,10 @@ pub enum SessionEvent {
     RoomState(RoomState),
     /// The same host joined from a new connection; this one is stale.
     Replaced,
+    PartyEvent(sync::Event),
+    PartyState(PartyState),
+    /// The same party member joined from a new connection; this one is stale.
+    PartyReplaced,
 }
 
 /// The sending side of a session's mailbox.
@@ -54,15 +65,32 @@ pub struct Outbox(mpsc::Sender<SessionEvent>);
 impl Outbox {
     /// Queues a room snapshot; false if the session's mailbox is full.
     pub fn room_state(&self, state: RoomState) -> bool {
-        match self.0.try_send(SessionEvent::RoomState(state)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Closed(_)) => true, // gone: nothing to retry
-            Err(mpsc::error::TrySendError::Full(_)) => false,
-        }
+        self.offer(SessionEvent::RoomState(state))
     }
 
     pub fn replaced(&self) {
         let _ = self.0.try_send(SessionEvent::Replaced);
+    }
+
+    /// Queues a party event; false if the mailbox is full (the session fills the gap).
+    pub fn party_event(&self, event: sync::Event) -> bool {
+        self.offer(SessionEvent::PartyEvent(event))
+    }
+
+    /// Queues a party snapshot; false if the mailbox is full.
+    pub fn party_state(&self, state: PartyState) -> bool {
+        self.offer(SessionEvent::PartyState(state))
+    }
+
+    pub fn party_replaced(&self) {
+        let _ = self.0.try_send(SessionEvent::PartyReplaced);
+    }
+
+    fn offer(&self, event: SessionEvent) -> bool {
+        match self.0.try_send(event) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => false,
+        }
     }
 }
 
@@ -78,6 +106,9 @@ struct Session {
     outbox: Outbox,
     sfu_events: mpsc::Sender<SfuEvent>,
     membership: Option<Membership>,
+    party: Option<PartyMembership>,
+    /// When the message being handled arrived (server wall clock, ms): a clock probe's t1.
+    received_ms: f64,
 }
 
 /// Runs a session until the client goes away or the server shuts down.
@@ -91,6 +122,8 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
         outbox: Outbox(outbox_tx),
         sfu_events: sfu_tx,
         membership: None,
+        party: None,
+        received_ms: 0.0,
     };
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     let mut last_heard = Instant::now();
@@ -99,6 +132,7 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
             frame = socket.recv() => {
                 let Some(Ok(frame)) = frame else { break };
                 last_heard = Instant::now();
+                session.received_ms = wall_clock::now_ms();
                 match frame {
                     Message::Text(text) => session.handle_text(&text).await,
                     Message::Binary(_) => vec![ServerMessage::error(
@@ -112,10 +146,20 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
             Some(event) = outbox_rx.recv() => match event {
                 SessionEvent::RoomState(state) => vec![ServerMessage::RoomState(state)],
                 SessionEvent::Replaced => {
-                    session.leave_quietly().await;
+                    session.leave_room().await;
                     vec![ServerMessage::error(
                         ErrorCode::SessionReplaced,
                         "this host joined again from another connection",
+                    )]
+                }
+                SessionEvent::PartyEvent(event) => session.on_party_event(event).await,
+                SessionEvent::PartyState(state) => session.on_party_state(state).await,
+                SessionEvent::PartyReplaced => {
+                    // The successor owns the member now: leave without telling the party.
+                    session.party = None;
+                    vec![ServerMessage::error(
+                        ErrorCode::SessionReplaced,
+                        "this member joined again from another connection",
                     )]
                 }
             },
@@ -143,7 +187,8 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
             }
         }
     }
-    session.leave_quietly().await;
+    session.leave_room().await;
+    session.leave_party(false).await;
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
@@ -236,10 +281,14 @@ impl Session {
                 Ok(vec![])
             }
             ClientMessage::Leave {} => {
-                self.membership()?;
-                self.leave_quietly().await;
+                if self.membership.is_none() && self.party.is_none() {
+                    return Err((ErrorCode::NotJoined, "not in a room or party".into()));
+                }
+                self.leave_room().await;
+                self.leave_party(true).await;
                 Ok(vec![])
             }
+            party_message => self.handle_party(party_message).await,
         }
     }
 
@@ -263,7 +312,7 @@ impl Session {
                 "already in a room; send leave first".into(),
             ));
         }
-        let name: String = name.trim().chars().take(MAX_NAME_CHARS).collect();
+        let name = clean_name(&name);
         let grant = self
             .state
             .rooms
@@ -342,7 +391,7 @@ impl Session {
     }
 
     /// Leaves the room and drops the media peer, if any.
-    async fn leave_quietly(&mut self) {
+    async fn leave_room(&mut self) {
         if let Some(m) = self.membership.take() {
             if let Some(peer) = m.peer {
                 self.state.sfu.remove_peer(peer).await;
@@ -354,6 +403,11 @@ impl Session {
 
 /// An error to report to the client.
 type Failure = (ErrorCode, String);
+
+/// A display name: trimmed, at most [`MAX_NAME_CHARS`] characters.
+fn clean_name(name: &str) -> String {
+    name.trim().chars().take(MAX_NAME_CHARS).collect()
+}
 
 fn sfu_failure(err: SfuError) -> Failure {
     let code = match &err {

@@ -1,7 +1,29 @@
-//! Watch-party state. For now: the playback timeline, a sans-IO value type whose position at
-//! any instant is computed, never stored, so every device derives the same answer from the
-//! same tuple. Parties, stores (memory and Redis) and clock sync build on it.
+//! Watch-party state, shared by every device of a party and every node serving it.
+//!
+//! - [`Timeline`]: the playback tuple (media, position at an anchor server time, rate,
+//!   paused). A position is computed from it, never stored, so every device derives the
+//!   same answer.
+//! - [`model`]: what is stored, fanned out and sent: [`SharedState`], events, presence.
+//! - [`Party`]: the sans-IO core of one party on one node: validation, permissions,
+//!   scheduling ahead, group wait, host hand-off, presence and the sync spread.
+//! - [`ClockSync`]: the NTP-style clock estimate clients (and the benchmark) use.
+//! - [`Store`]: where parties live, [`MemoryStore`] (one node) or [`RedisStore`] (many).
 
+mod clock;
+pub mod model;
+mod party;
+mod store;
 mod timeline;
 
+pub use clock::{ClockSync, JOIN_BURST, ProbeSample, WINDOW};
+pub use model::{
+    Cause, Control, Event, EventBody, MemberId, MemberRecord, MemberStatus, NewEvent, PartyId,
+    PlaybackCommand, Presence, SharedState,
+};
+pub use party::{
+    MemberView, Party, PartyConfig, PartyError, Proposal, Snapshot, Spread, SyncReport,
+};
+pub use store::{
+    Committed, Feed, MemoryStore, RedisStore, Store, StoreConfig, StoreError, Stored,
+};
 pub use timeline::{Timeline, UnixMillis};

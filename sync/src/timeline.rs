@@ -1,36 +1,48 @@
 //! The shared playback timeline.
 
+use serde::{Deserialize, Serialize};
+
 /// Wall-clock milliseconds since the Unix epoch (server time). Passed in, never read here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct UnixMillis(pub i64);
 
-/// Playback state as an absolute tuple: at server time `anchor`, the media was at
+impl UnixMillis {
+    /// This instant plus `ms` milliseconds.
+    pub fn plus_ms(self, ms: i64) -> Self {
+        Self(self.0 + ms)
+    }
+}
+
+/// Playback state as an absolute tuple: at server time `anchor`, the media `url` was at
 /// `position_ms` and advanced at `rate` (unless `paused`). Any device computes the current
 /// position from this tuple and its synchronized clock; nothing drifts in the tuple itself.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Timeline {
+    /// The media playing; `None` until someone loads a video.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     pub position_ms: f64,
     pub anchor: UnixMillis,
     pub rate: f64,
     pub paused: bool,
-    /// Incremented by every change; used for compare-and-set across nodes.
-    pub version: u64,
 }
 
 impl Timeline {
-    /// A paused timeline at the start of the media.
+    /// A paused timeline with no media.
     pub fn new(now: UnixMillis) -> Self {
         Self {
+            url: None,
             position_ms: 0.0,
             anchor: now,
             rate: 1.0,
             paused: true,
-            version: 0,
         }
     }
 
-    /// The media position at server time `at`. Before the anchor (a start scheduled in the
-    /// future) the position holds at `position_ms`.
+    /// The media position at server time `at`. Before the anchor (a change scheduled in the
+    /// future) the position holds at `position_ms`: devices wait there for the common instant.
     pub fn position_at(&self, at: UnixMillis) -> f64 {
         if self.paused {
             return self.position_ms;
@@ -39,14 +51,24 @@ impl Timeline {
         self.position_ms + elapsed * self.rate
     }
 
+    /// Loads `url`, paused at its start.
+    pub fn load(&self, at: UnixMillis, url: String) -> Self {
+        Self {
+            url: Some(url),
+            position_ms: 0.0,
+            anchor: at,
+            rate: 1.0,
+            paused: true,
+        }
+    }
+
     /// Starts playing at server time `at` (which may be scheduled ahead of now).
     pub fn play(&self, at: UnixMillis) -> Self {
         Self {
             position_ms: self.position_at(at),
             anchor: at,
             paused: false,
-            version: self.version + 1,
-            ..*self
+            ..self.clone()
         }
     }
 
@@ -56,8 +78,7 @@ impl Timeline {
             position_ms: self.position_at(at),
             anchor: at,
             paused: true,
-            version: self.version + 1,
-            ..*self
+            ..self.clone()
         }
     }
 
@@ -66,8 +87,17 @@ impl Timeline {
         Self {
             position_ms,
             anchor: at,
-            version: self.version + 1,
-            ..*self
+            ..self.clone()
+        }
+    }
+
+    /// Changes the rate from server time `at` on, keeping the position reached then.
+    pub fn set_rate(&self, at: UnixMillis, rate: f64) -> Self {
+        Self {
+            position_ms: self.position_at(at),
+            anchor: at,
+            rate,
+            ..self.clone()
         }
     }
 }
@@ -78,7 +108,7 @@ mod tests {
 
     #[test]
     fn position_follows_the_tuple() {
-        let t0 = Timeline::new(UnixMillis(1_000));
+        let t0 = Timeline::new(UnixMillis(1_000)).load(UnixMillis(1_000), "/a.webm".into());
         assert_eq!(t0.position_at(UnixMillis(9_000)), 0.0, "paused holds");
         let playing = t0.play(UnixMillis(2_000));
         assert_eq!(
@@ -91,11 +121,8 @@ mod tests {
         assert_eq!(paused.position_at(UnixMillis(10_000)), 2_000.0);
         let sought = paused.seek(UnixMillis(5_000), 60_000.0);
         assert_eq!(sought.position_at(UnixMillis(6_000)), 60_000.0);
-        assert_eq!(sought.version, 3);
-        let fast = Timeline {
-            rate: 1.5,
-            ..sought.play(UnixMillis(6_000))
-        };
+        let fast = sought.play(UnixMillis(6_000)).set_rate(UnixMillis(6_000), 1.5);
         assert_eq!(fast.position_at(UnixMillis(8_000)), 63_000.0);
+        assert_eq!(fast.url.as_deref(), Some("/a.webm"));
     }
 }

@@ -1,0 +1,415 @@
+//! Watch parties on this node: one task owns the [`Party`] replicas of every party with a
+//! member connected here (GUIDE §2.4), feeds them the store's events and presence, runs
+//! their timers, commits what they propose, and pushes events and snapshots to sessions.
+//!
+//! Data flows one way: a session asks its replica to validate a command, commits the result
+//! to the [`Store`] itself, and learns the outcome like everyone else, from the store's feed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sync::{Event, Feed, MemberId, Party, PartyConfig, PartyId, Presence, Store, Stored};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::protocol::PartyState;
+use crate::session::{Outbox, SessionId};
+use crate::wall_clock;
+
+/// Pending requests to the parties task before callers wait.
+const PARTIES_QUEUE: usize = 1024;
+/// Timers and snapshots are looked at this often. Party deadlines are seconds (group wait
+/// 5 s, presence TTL 15 s), so a quarter second of granularity is invisible; snapshots are
+/// coalesced to at most four a second per party.
+const TICK: Duration = Duration::from_millis(250);
+
+/// A job run against one replica inside the parties task.
+type Job = Box<dyn FnOnce(&mut Party, std::time::Instant, sync::UnixMillis) + Send>;
+
+#[derive(Clone)]
+pub struct PartiesHandle {
+    tx: mpsc::Sender<Command>,
+    pub store: Arc<dyn Store>,
+    pub config: Arc<PartyConfig>,
+}
+
+/// A session entering a party, with what the session loaded from the store.
+pub struct Entry {
+    pub party: PartyId,
+    pub stored: Stored,
+    pub presence: Vec<Presence>,
+    pub member: Presence,
+    pub session: SessionId,
+    pub outbox: Outbox,
+}
+
+enum Command {
+    Join {
+        entry: Entry,
+        reply: oneshot::Sender<PartyState>,
+    },
+    Leave {
+        party: PartyId,
+        member: MemberId,
+        session: SessionId,
+        explicit: bool,
+    },
+    With {
+        party: PartyId,
+        job: Job,
+    },
+    /// The store's current state of a party, read after it became reachable again.
+    Reset { party: PartyId, stored: Stored },
+}
+
+impl PartiesHandle {
+    /// Registers a session's member; returns the party's snapshot.
+    pub async fn join(&self, entry: Entry) -> Option<PartyState> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Join { entry, reply }).await.ok()?;
+        rx.await.ok()
+    }
+
+    /// A session leaves: `explicit` when the member left on purpose, else its connection
+    /// dropped (the member stays present for the TTL and may resume).
+    pub async fn leave(&self, party: PartyId, member: MemberId, session: SessionId, explicit: bool) {
+        let _ = self
+            .tx
+            .send(Command::Leave {
+                party,
+                member,
+                session,
+                explicit,
+            })
+            .await;
+    }
+
+    /// Runs `f` on the party's replica; `None` when this node has no replica of it.
+    pub async fn with<R: Send + 'static>(
+        &self,
+        party: &PartyId,
+        f: impl FnOnce(&mut Party, std::time::Instant, sync::UnixMillis) -> R + Send + 'static,
+    ) -> Option<R> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |p, now, wall| {
+            let _ = tx.send(f(p, now, wall));
+        });
+        self.tx
+            .send(Command::With {
+                party: party.clone(),
+                job,
+            })
+            .await
+            .ok()?;
+        rx.await.ok()
+    }
+}
+
+/// Spawns the parties task over `store`.
+pub fn spawn_parties(store: Arc<dyn Store>, config: PartyConfig) -> PartiesHandle {
+    let (tx, rx) = mpsc::channel(PARTIES_QUEUE);
+    let feed = store.take_feed().expect("the parties task is the feed's only reader");
+    let config = Arc::new(config);
+    let parties = Parties {
+        store: store.clone(),
+        config: config.clone(),
+        replicas: HashMap::new(),
+        available: true,
+        tx: tx.clone(),
+        next_refresh: Instant::now(),
+    };
+    tokio::spawn(parties.run(rx, feed));
+    PartiesHandle { tx, store, config }
+}
+
+struct Parties {
+    store: Arc<dyn Store>,
+    config: Arc<PartyConfig>,
+    replicas: HashMap<PartyId, Replica>,
+    /// Whether the store is reachable, as shown to clients.
+    available: bool,
+    /// For tasks that report back (resets after an outage).
+    tx: mpsc::Sender<Command>,
+    next_refresh: Instant,
+}
+
+struct Replica {
+    party: Party,
+    sessions: HashMap<MemberId, (SessionId, Outbox)>,
+    /// A snapshot could not be delivered to every session; try again next tick.
+    undelivered: bool,
+}
+
+impl Parties {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        mut feed: mpsc::UnboundedReceiver<Feed>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(command) => self.handle(command),
+                    None => return,
+                },
+                Some(item) = feed.recv() => self.handle_feed(item),
+                _ = tick.tick() => self.tick(),
+            }
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        let (now, wall) = (Instant::now(), wall_clock::now());
+        match command {
+            Command::Join { entry, reply } => {
+                let code = entry.party.clone();
+                let replica = self.replicas.entry(code.clone()).or_insert_with(|| {
+                    let mut party = Party::new(
+                        code.clone(),
+                        (*self.config).clone(),
+                        entry.stored.state.clone(),
+                        entry.stored.last_seq,
+                        now.into_std(),
+                    );
+                    for presence in entry.presence {
+                        party.remote_presence(now.into_std(), presence);
+                    }
+                    self.store.watch(&code, entry.stored.last_seq);
+                    Replica {
+                        party,
+                        sessions: HashMap::new(),
+                        undelivered: false,
+                    }
+                });
+                replica.party.reset_state(now.into_std(), wall, entry.stored.state);
+                let member = entry.member.member_id.clone();
+                replica.party.join_local(entry.member);
+                if let Some((_, old)) = replica
+                    .sessions
+                    .insert(member, (entry.session, entry.outbox))
+                {
+                    // The same member from a new connection: the old one is stale.
+                    old.party_replaced();
+                }
+                let _ = reply.send(snapshot(&code, &replica.party, self.available));
+                self.drain(&code);
+            }
+            Command::Leave {
+                party,
+                member,
+                session,
+                explicit,
+            } => {
+                let Some(replica) = self.replicas.get_mut(&party) else {
+                    return;
+                };
+                // A replaced session leaving must not take its successor out.
+                if replica.sessions.get(&member).is_none_or(|(s, _)| *s != session) {
+                    return;
+                }
+                replica.sessions.remove(&member);
+                if explicit {
+                    replica.party.leave_local(now.into_std(), wall, &member);
+                    let store = self.store.clone();
+                    let (p, m) = (party.clone(), member.clone());
+                    tokio::spawn(async move {
+                        if let Err(err) = store.remove_presence(&p, &m).await {
+                            tracing::debug!(party = %p, %err, "could not remove presence");
+                        }
+                    });
+                } else {
+                    replica.party.disconnect_local(now.into_std(), &member);
+                }
+                self.drain(&party);
+                // With no member here, this node forgets the party: the store keeps it.
+                if let Some(replica) = self.replicas.get(&party)
+                    && replica.sessions.is_empty()
+                {
+                    self.store.unwatch(&party);
+                    self.replicas.remove(&party);
+                }
+            }
+            Command::With { party, job } => {
+                if let Some(replica) = self.replicas.get_mut(&party) {
+                    job(&mut replica.party, now.into_std(), wall);
+                    self.drain(&party);
+                }
+            }
+            Command::Reset { party, stored } => {
+                if let Some(replica) = self.replicas.get_mut(&party) {
+                    replica.party.reset_state(now.into_std(), wall, stored.state);
+                    self.drain(&party);
+                }
+            }
+        }
+    }
+
+    fn handle_feed(&mut self, item: Feed) {
+        let (now, wall) = (Instant::now().into_std(), wall_clock::now());
+        match item {
+            Feed::Event(code, event) => {
+                let Some(replica) = self.replicas.get_mut(&code) else {
+                    return;
+                };
+                if replica.party.apply(now, wall, &event) {
+                    for (_, outbox) in replica.sessions.values() {
+                        outbox.party_event(event.clone());
+                    }
+                }
+                self.drain(&code);
+            }
+            Feed::Presence(code, presence) => {
+                if let Some(replica) = self.replicas.get_mut(&code) {
+                    replica.party.remote_presence(now, presence);
+                    self.drain(&code);
+                }
+            }
+            Feed::Gone(code, member) => {
+                if let Some(replica) = self.replicas.get_mut(&code) {
+                    replica.party.remote_gone(now, wall, &member);
+                    self.drain(&code);
+                }
+            }
+            Feed::Available(available) => {
+                self.available = available;
+                for replica in self.replicas.values_mut() {
+                    replica.undelivered = true;
+                }
+                if available {
+                    self.recover();
+                }
+            }
+        }
+    }
+
+    /// After an outage: make sure the store still has every party this node serves (a Redis
+    /// that restarted without persistence lost them: they are re-created from the replica,
+    /// sequence numbers continuing), then catch the replicas up with the store's state.
+    fn recover(&self) {
+        for (code, replica) in &self.replicas {
+            let store = self.store.clone();
+            let tx = self.tx.clone();
+            let code = code.clone();
+            let stored = Stored {
+                state: replica.party.state().clone(),
+                last_seq: replica.party.last_seq(),
+            };
+            tokio::spawn(async move {
+                if store.create(&code, &stored).await == Ok(true) {
+                    tracing::warn!(party = %code, "party was missing from the store; restored it");
+                }
+                if let Ok(Some(stored)) = store.load(&code).await {
+                    let _ = tx.send(Command::Reset { party: code, stored }).await;
+                }
+            });
+        }
+    }
+
+    fn tick(&mut self) {
+        let (now, wall) = (Instant::now(), wall_clock::now());
+        let refresh = now >= self.next_refresh;
+        if refresh {
+            // Presence lapses after its TTL: refresh well within it.
+            self.next_refresh = now + self.config.presence_ttl / 3;
+        }
+        let codes: Vec<PartyId> = self.replicas.keys().cloned().collect();
+        for code in codes {
+            let replica = self.replicas.get_mut(&code).expect("listed");
+            if replica
+                .party
+                .poll_timeout()
+                .is_some_and(|t| t <= now.into_std())
+            {
+                replica.party.handle_timeout(now.into_std(), wall);
+            }
+            if refresh {
+                for presence in replica.party.local_presence() {
+                    self.spawn_presence(&code, presence);
+                }
+            }
+            self.drain(&code);
+            let replica = self.replicas.get_mut(&code).expect("listed");
+            if replica.party.take_dirty() || replica.undelivered {
+                let state = snapshot(&code, &replica.party, self.available);
+                let mut all = true;
+                for (_, outbox) in replica.sessions.values() {
+                    all &= outbox.party_state(state.clone());
+                }
+                replica.undelivered = !all;
+            }
+        }
+    }
+
+    /// Carries out what a replica asked for: commits and presence updates.
+    fn drain(&mut self, code: &PartyId) {
+        let Some(replica) = self.replicas.get_mut(code) else {
+            return;
+        };
+        let mut presences = Vec::new();
+        while let Some(presence) = replica.party.poll_presence() {
+            presences.push(presence);
+        }
+        while let Some(proposal) = replica.party.poll_proposal() {
+            let store = self.store.clone();
+            let code = code.clone();
+            tokio::spawn(async move {
+                if let Err(err) = store
+                    .commit(&code, proposal.expected_version, &proposal.event)
+                    .await
+                {
+                    // A lost race is fine: the winner's state arrives through the feed.
+                    tracing::debug!(party = %code, %err, "party proposal not committed");
+                }
+            });
+        }
+        for presence in presences {
+            self.spawn_presence(code, presence);
+        }
+    }
+
+    fn spawn_presence(&self, code: &PartyId, presence: Presence) {
+        let store = self.store.clone();
+        let code = code.clone();
+        tokio::spawn(async move {
+            if let Err(err) = store.put_presence(&code, &presence).await {
+                tracing::debug!(party = %code, %err, "presence not published");
+            }
+        });
+    }
+}
+
+fn snapshot(code: &PartyId, party: &Party, available: bool) -> PartyState {
+    let snapshot = party.snapshot();
+    PartyState {
+        party: code.0.clone(),
+        state: snapshot.state,
+        members: snapshot.members,
+        spread: snapshot.spread,
+        last_seq: snapshot.last_seq,
+        lead_ms: party.lead_ms(),
+        sync_available: available,
+    }
+}
+
+/// Is this event new for a session that has sent everything up to `last_sent`?
+pub fn classify(last_sent: u64, event: &Event) -> Delivery {
+    match event.seq {
+        s if s <= last_sent => Delivery::Seen,
+        s if s == last_sent + 1 => Delivery::Next,
+        _ => Delivery::Gap,
+    }
+}
+
+/// How a session treats an incoming event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Already sent: drop it.
+    Seen,
+    /// The next one: send it.
+    Next,
+    /// Something was skipped (a full outbox): fetch the gap from the store first.
+    Gap,
+}

@@ -1,0 +1,494 @@
+//! The watch-party half of a session: join and resume, commands, chat, reports, and
+//! delivering the party log to the client exactly once and in order.
+
+use rand::Rng;
+use sync::{
+    Committed, Event, MemberId, MemberRecord, MemberStatus, PartyError, PartyId, Presence,
+    SharedState, StoreError, Stored, SyncReport, UnixMillis,
+};
+
+use super::{Failure, Session};
+use crate::parties::{Delivery, Entry, classify};
+use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PartyLimits, ServerMessage};
+use crate::rooms::normalize_code;
+use crate::wall_clock;
+
+/// Longest client op id.
+pub const MAX_OP_ID_CHARS: usize = 64;
+/// Party codes the server makes up: like room codes, 6 characters without look-alikes.
+const PARTY_CODE_LEN: usize = 6;
+const MEMBER_ID_LEN: usize = 12;
+/// Member keys: 32 characters, about 158 bits.
+const MEMBER_KEY_LEN: usize = 32;
+const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
+
+/// This session's place in a party.
+pub(super) struct PartyMembership {
+    pub party: PartyId,
+    pub member: MemberId,
+    /// The last log sequence number sent to the client.
+    pub last_sent: u64,
+}
+
+impl Session {
+    /// Handles the party messages of the protocol.
+    pub(super) async fn handle_party(
+        &mut self,
+        message: ClientMessage,
+    ) -> Result<Vec<ServerMessage>, Failure> {
+        match message {
+            ClientMessage::PartyJoin {
+                version,
+                party,
+                name,
+                member_id,
+                member_key,
+                last_seq,
+            } => {
+                self.party_join(version, party, name, member_id, member_key, last_seq)
+                    .await
+            }
+            ClientMessage::Playback {
+                op_id,
+                command,
+                base_version,
+            } => {
+                check_op_id(&op_id)?;
+                let (party, member) = self.party_ids()?;
+                let op = op_id.clone();
+                let proposal = self
+                    .with_party(&party, move |p, _, wall| {
+                        p.prepare_playback(wall, &member, command, base_version, op)
+                    })
+                    .await?;
+                let committed = self
+                    .state
+                    .parties
+                    .store
+                    .commit(&party, proposal.expected_version, &proposal.event)
+                    .await;
+                ack(op_id, committed)
+            }
+            ClientMessage::SetControl { op_id, control } => {
+                check_op_id(&op_id)?;
+                let (party, member) = self.party_ids()?;
+                let op = op_id.clone();
+                let proposal = self
+                    .with_party(&party, move |p, _, wall| {
+                        p.prepare_control(wall, &member, control, op)
+                    })
+                    .await?;
+                let committed = self
+                    .state
+                    .parties
+                    .store
+                    .commit(&party, proposal.expected_version, &proposal.event)
+                    .await;
+                ack(op_id, committed)
+            }
+            ClientMessage::Chat { op_id, text } => {
+                check_op_id(&op_id)?;
+                let (party, member) = self.party_ids()?;
+                let op = op_id.clone();
+                let event = self
+                    .with_party(&party, move |p, now, wall| {
+                        p.prepare_chat(now, wall, &member, text, op)
+                    })
+                    .await?;
+                let committed = self.state.parties.store.append(&party, &event).await;
+                ack(op_id, committed)
+            }
+            ClientMessage::React { op_id, emoji } => {
+                check_op_id(&op_id)?;
+                let (party, member) = self.party_ids()?;
+                let op = op_id.clone();
+                let event = self
+                    .with_party(&party, move |p, now, wall| {
+                        p.prepare_reaction(now, wall, &member, emoji, op)
+                    })
+                    .await?;
+                let committed = self.state.parties.store.append(&party, &event).await;
+                ack(op_id, committed)
+            }
+            ClientMessage::Typing { typing } => {
+                let (party, member) = self.party_ids()?;
+                self.with_party(&party, move |p, _, _| p.set_typing(&member, typing))
+                    .await?;
+                Ok(vec![])
+            }
+            ClientMessage::Camera { on } => {
+                let (party, member) = self.party_ids()?;
+                self.with_party(&party, move |p, _, _| p.set_camera(&member, on))
+                    .await?;
+                Ok(vec![])
+            }
+            ClientMessage::SyncReport {
+                status,
+                position_ms,
+                at,
+                version,
+                error_ms,
+                rtt_ms,
+            } => {
+                let (party, member) = self.party_ids()?;
+                if at.is_some_and(|a| !a.is_finite()) {
+                    return Err(party_failure(PartyError::InvalidReport));
+                }
+                let report = SyncReport {
+                    status,
+                    position_ms,
+                    at: at.map(|a| UnixMillis(a.round() as i64)),
+                    version,
+                    error_ms,
+                    rtt_ms,
+                };
+                self.with_party(&party, move |p, now, wall| {
+                    p.report(now, wall, &member, report)
+                })
+                .await?;
+                Ok(vec![])
+            }
+            ClientMessage::TimeProbe { t0 } => Ok(vec![ServerMessage::TimeReply {
+                t0,
+                t1: self.received_ms,
+                t2: wall_clock::now_ms(),
+            }]),
+            _ => unreachable!("only party messages are routed here"),
+        }
+    }
+
+    async fn party_join(
+        &mut self,
+        version: u32,
+        party: Option<String>,
+        name: String,
+        member_id: Option<String>,
+        member_key: Option<String>,
+        last_seq: Option<u64>,
+    ) -> Result<Vec<ServerMessage>, Failure> {
+        if version != PROTOCOL_VERSION {
+            return Err((
+                ErrorCode::UnsupportedVersion,
+                format!("this server speaks protocol version {PROTOCOL_VERSION}"),
+            ));
+        }
+        if self.party.is_some() {
+            return Err((
+                ErrorCode::AlreadyJoined,
+                "already in a party; send leave first".into(),
+            ));
+        }
+        let name = super::clean_name(&name);
+        let store = self.state.parties.store.clone();
+        let wall = wall_clock::now();
+        // Who is joining: a resuming member proves it with its key.
+        let resuming = match (&party, member_id, member_key) {
+            (Some(_), Some(id), Some(key)) => Some((MemberId(id), key)),
+            _ => None,
+        };
+        let (code, stored, record, resumed) = match party {
+            None => {
+                let record = new_member(wall);
+                let (code, stored) = create_party(&*store, &record.member_id, wall).await?;
+                store
+                    .put_member(&code, &record)
+                    .await
+                    .map_err(store_failure)?;
+                (code, stored, record, false)
+            }
+            Some(code) => {
+                let code = PartyId(normalize_code(&code).map_err(|r| (r.code, r.message))?);
+                let stored = store
+                    .load(&code)
+                    .await
+                    .map_err(store_failure)?
+                    .ok_or_else(|| {
+                        (
+                            ErrorCode::PartyNotFound,
+                            format!("party {code} does not exist"),
+                        )
+                    })?;
+                let known = match &resuming {
+                    Some((id, key)) => store
+                        .member(&code, id)
+                        .await
+                        .map_err(store_failure)?
+                        .filter(|r| r.key == *key),
+                    None => None,
+                };
+                match known {
+                    Some(record) => (code, stored, record, true),
+                    None => {
+                        let record = new_member(wall);
+                        store
+                            .put_member(&code, &record)
+                            .await
+                            .map_err(store_failure)?;
+                        (code, stored, record, false)
+                    }
+                }
+            }
+        };
+        // A client's lastSeq beyond the log (a stale tab of a re-created party) counts as 0.
+        let last_seq = last_seq.filter(|s| *s <= stored.last_seq);
+        let presence = store.presence(&code).await.map_err(store_failure)?;
+        let member = Presence {
+            member_id: record.member_id.clone(),
+            name,
+            joined_at: record.joined_at,
+            status: MemberStatus::Ready,
+            typing: false,
+            online: true,
+            camera: false,
+            rtt_ms: None,
+            deviation_ms: None,
+            error_ms: None,
+            reported_at: wall,
+        };
+        let snapshot = self
+            .state
+            .parties
+            .join(Entry {
+                party: code.clone(),
+                stored,
+                presence,
+                member,
+                session: self.id,
+                outbox: self.outbox.clone(),
+            })
+            .await
+            .ok_or((ErrorCode::ShuttingDown, "the server is shutting down".into()))?;
+        // Registered first, read second: anything committed meanwhile is in the read or
+        // arrives live, and the session drops what it already sent.
+        let history = self.state.parties.config.history;
+        let events = match last_seq {
+            Some(after) => store.events_after(&code, after).await,
+            None => store.recent(&code, history).await,
+        };
+        let events = match events {
+            Ok(events) => events,
+            Err(err) => {
+                self.state
+                    .parties
+                    .leave(code, record.member_id, self.id, false)
+                    .await;
+                return Err(store_failure(err));
+            }
+        };
+        let history_complete = match (last_seq, events.first()) {
+            (Some(after), Some(first)) => first.seq == after + 1,
+            _ => true,
+        };
+        let mut replies = vec![ServerMessage::PartyJoined {
+            version: PROTOCOL_VERSION,
+            party: code.0.clone(),
+            member_id: record.member_id.0.clone(),
+            member_key: record.key.clone(),
+            resumed,
+            history_complete,
+            limits: self.party_limits(),
+        }];
+        let mut last_sent = last_seq.unwrap_or(0);
+        for event in events {
+            if event.seq > last_sent {
+                last_sent = event.seq;
+                replies.push(ServerMessage::PartyEvent(event));
+            }
+        }
+        replies.push(ServerMessage::PartyState(snapshot));
+        self.party = Some(PartyMembership {
+            party: code,
+            member: record.member_id,
+            last_sent,
+        });
+        Ok(replies)
+    }
+
+    /// An event from the party log for this session's client.
+    pub(super) async fn on_party_event(&mut self, event: Event) -> Vec<ServerMessage> {
+        let Some(m) = &self.party else { return vec![] };
+        match classify(m.last_sent, &event) {
+            Delivery::Seen => vec![],
+            Delivery::Next => {
+                if let Some(m) = &mut self.party {
+                    m.last_sent = event.seq;
+                }
+                vec![ServerMessage::PartyEvent(event)]
+            }
+            Delivery::Gap => self.fill_gap(event.seq).await,
+        }
+    }
+
+    /// A snapshot of the party; any events it is ahead by are sent first.
+    pub(super) async fn on_party_state(
+        &mut self,
+        state: crate::protocol::PartyState,
+    ) -> Vec<ServerMessage> {
+        let Some(m) = &self.party else { return vec![] };
+        let mut replies = if state.last_seq > m.last_sent {
+            self.fill_gap(state.last_seq).await
+        } else {
+            vec![]
+        };
+        replies.push(ServerMessage::PartyState(state));
+        replies
+    }
+
+    /// Sends what the client missed up to `through` (a full outbox skipped it), from the
+    /// store. If the store is unreachable the gap stays and is filled at the next event.
+    async fn fill_gap(&mut self, through: u64) -> Vec<ServerMessage> {
+        let Some(m) = &mut self.party else {
+            return vec![];
+        };
+        let store = self.state.parties.store.clone();
+        let Ok(events) = store.events_after(&m.party, m.last_sent).await else {
+            return vec![];
+        };
+        let mut replies = Vec::new();
+        for event in events.into_iter().filter(|e| e.seq <= through) {
+            if event.seq > m.last_sent {
+                m.last_sent = event.seq;
+                replies.push(ServerMessage::PartyEvent(event));
+            }
+        }
+        replies
+    }
+
+    /// Leaves the party, if in one.
+    pub(super) async fn leave_party(&mut self, explicit: bool) {
+        if let Some(m) = self.party.take() {
+            self.state
+                .parties
+                .leave(m.party, m.member, self.id, explicit)
+                .await;
+        }
+    }
+
+    fn party_ids(&self) -> Result<(PartyId, MemberId), Failure> {
+        self.party
+            .as_ref()
+            .map(|m| (m.party.clone(), m.member.clone()))
+            .ok_or((ErrorCode::NotJoined, "send partyJoin first".to_owned()))
+    }
+
+    /// Runs `f` on this session's party replica, mapping its refusal to a protocol error.
+    async fn with_party<T: Send + 'static>(
+        &self,
+        party: &PartyId,
+        f: impl FnOnce(&mut sync::Party, std::time::Instant, UnixMillis) -> Result<T, PartyError>
+        + Send
+        + 'static,
+    ) -> Result<T, Failure> {
+        self.state
+            .parties
+            .with(party, f)
+            .await
+            .ok_or((ErrorCode::NotJoined, "not in this party anymore".to_owned()))?
+            .map_err(party_failure)
+    }
+
+    fn party_limits(&self) -> PartyLimits {
+        let config = &self.state.parties.config;
+        PartyLimits {
+            max_chat_chars: config.max_chat_chars,
+            max_reaction_chars: config.max_reaction_chars,
+            chat_burst: config.chat_burst,
+            chat_per_second: config.chat_per_second,
+            history: config.history,
+            max_op_id_chars: MAX_OP_ID_CHARS,
+        }
+    }
+}
+
+/// Creates a party with a fresh code (retrying the rare collision).
+async fn create_party(
+    store: &dyn sync::Store,
+    host: &MemberId,
+    wall: UnixMillis,
+) -> Result<(PartyId, Stored), Failure> {
+    for _ in 0..8 {
+        let code = PartyId(random_code(PARTY_CODE_LEN));
+        let stored = Stored {
+            state: SharedState::new(host.clone(), wall),
+            last_seq: 0,
+        };
+        if store.create(&code, &stored).await.map_err(store_failure)? {
+            return Ok((code, stored));
+        }
+    }
+    Err((
+        ErrorCode::Internal,
+        "could not find a free party code".into(),
+    ))
+}
+
+fn new_member(wall: UnixMillis) -> MemberRecord {
+    MemberRecord {
+        member_id: MemberId(format!("m{}", random_code(MEMBER_ID_LEN).to_lowercase())),
+        key: random_code(MEMBER_KEY_LEN),
+        joined_at: wall,
+    }
+}
+
+fn random_code(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn check_op_id(op_id: &str) -> Result<(), Failure> {
+    let len = op_id.chars().count();
+    if len == 0 || len > MAX_OP_ID_CHARS || op_id.chars().any(char::is_control) {
+        return Err((
+            ErrorCode::InvalidOpId,
+            format!("an opId is 1 to {MAX_OP_ID_CHARS} printable characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn ack(op_id: String, committed: Result<Committed, StoreError>) -> Result<Vec<ServerMessage>, Failure> {
+    let committed = committed.map_err(store_failure)?;
+    Ok(vec![ServerMessage::Ack {
+        op_id,
+        seq: committed.seq(),
+        duplicate: matches!(committed, Committed::Duplicate(_)),
+    }])
+}
+
+pub(super) fn party_failure(err: PartyError) -> Failure {
+    let code = match &err {
+        PartyError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+        PartyError::StaleVersion { .. } => ErrorCode::StaleVersion,
+        PartyError::InvalidPosition { .. } => ErrorCode::InvalidPosition,
+        PartyError::InvalidRate => ErrorCode::InvalidRate,
+        PartyError::InvalidUrl => ErrorCode::InvalidUrl,
+        PartyError::NothingLoaded => ErrorCode::NothingLoaded,
+        PartyError::ChatTooLong { .. } => ErrorCode::ChatTooLong,
+        PartyError::InvalidReaction { .. } => ErrorCode::InvalidReaction,
+        PartyError::RateLimited { .. } => ErrorCode::RateLimited,
+        PartyError::NotMember => ErrorCode::NotJoined,
+        PartyError::InvalidReport => ErrorCode::InvalidReport,
+    };
+    (code, err.to_string())
+}
+
+fn store_failure(err: StoreError) -> Failure {
+    let code = match &err {
+        StoreError::Conflict { .. } => ErrorCode::StaleVersion,
+        StoreError::NotFound => ErrorCode::PartyNotFound,
+        StoreError::Unavailable(_) => ErrorCode::SyncUnavailable,
+        StoreError::Corrupt(_) => ErrorCode::Internal,
+    };
+    let message = match &err {
+        StoreError::Conflict { current } => format!(
+            "another command changed the party first (now at version {current}); its state is on the way"
+        ),
+        StoreError::Unavailable(_) => {
+            "sync is temporarily unavailable; nothing was changed, retry with the same opId".into()
+        }
+        _ => err.to_string(),
+    };
+    (code, message)
+}
