@@ -400,6 +400,11 @@ fn message_type(message: &ServerMessage) -> &'static str {
         ServerMessage::MediaState { .. } => "mediaState",
         ServerMessage::Pong { .. } => "pong",
         ServerMessage::Error(_) => "error",
+        ServerMessage::PartyJoined { .. } => "partyJoined",
+        ServerMessage::PartyEvent(_) => "partyEvent",
+        ServerMessage::PartyState(_) => "partyState",
+        ServerMessage::Ack { .. } => "ack",
+        ServerMessage::TimeReply { .. } => "timeReply",
     }
 }
 
