@@ -180,6 +180,19 @@ impl PartyClient {
         self.chat_with_op(text, &op_id).await
     }
 
+    /// Chat as a well-behaved client: on `rate_limited`, wait and retry with the same op id.
+    pub async fn chat_patiently(&mut self, text: &str) -> Result<u64> {
+        let op_id = self.op();
+        loop {
+            match self.chat_with_op(text, &op_id).await {
+                Err(err) if super::client::server_error_code(&err) == Some(ErrorCode::RateLimited) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                result => return result,
+            }
+        }
+    }
+
     pub async fn chat_with_op(&mut self, text: &str, op_id: &str) -> Result<u64> {
         self.request(
             ClientMessage::Chat {
