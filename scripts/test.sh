@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh Linux machine with Rust:
-#   - installs what is missing (Debian's chromium for the browser tests, npm packages),
+#   - installs what is missing (Debian's redis-server and chromium, npm packages),
+#   - makes sure a Redis server is reachable (MARQUEE_TEST_REDIS_URL, default
+#     redis://127.0.0.1:6379); when none is, starts one on a free port for this run,
 #   - runs the Rust tests (unit, virtual-time core tests, in-process integration tests),
 #   - runs the real-browser tests (headless Chromium driven by playwright-core),
 #   - prints one summary line: "N passed, N failed".
@@ -24,6 +26,42 @@ ensure_chromium() {
     as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
 
+ensure_redis_server_binary() {
+    if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then return 0; fi
+    say "installing Debian's redis-server (store tests, multi-node tests)"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+}
+
+redis_reachable() {
+    # RESP PING over bash's /dev/tcp: needs nothing installed.
+    local host=$1 port=$2
+    timeout 2 bash -c "exec 3<>/dev/tcp/$host/$port && printf 'PING\r\n' >&3 && head -c 5 <&3" 2>/dev/null | grep -q PONG
+}
+
+# Exports MARQUEE_TEST_REDIS_URL pointing at a live Redis, starting one when needed.
+ensure_redis() {
+    local url=${MARQUEE_TEST_REDIS_URL:-redis://127.0.0.1:6379}
+    local hostport=${url#redis://}; hostport=${hostport%%/*}
+    if redis_reachable "${hostport%:*}" "${hostport##*:}"; then
+        export MARQUEE_TEST_REDIS_URL=$url
+        return 0
+    fi
+    ensure_redis_server_binary || return 1
+    local port
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null || echo 16379)
+    REDIS_DIR=$(mktemp -d)
+    say "no Redis at $url; starting redis-server on 127.0.0.1:$port for this run"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" \
+        --daemonize yes --pidfile "$REDIS_DIR/redis.pid" --logfile "$REDIS_DIR/redis.log" || return 1
+    for _ in $(seq 50); do
+        redis_reachable 127.0.0.1 "$port" && break
+        sleep 0.1
+    done
+    redis_reachable 127.0.0.1 "$port" || return 1
+    export MARQUEE_TEST_REDIS_URL="redis://127.0.0.1:$port"
+    trap 'kill "$(cat "$REDIS_DIR/redis.pid")" 2>/dev/null; rm -rf "$REDIS_DIR"' EXIT
+}
+
 ensure_npm_packages() {
     if [ -d web-demo/node_modules/playwright-core ]; then return 0; fi
     say "installing web-demo npm packages"
@@ -33,6 +71,13 @@ ensure_npm_packages() {
 passed=0
 failed=0
 status=0
+
+if ! ensure_redis; then
+    echo "could not reach or start a Redis server; the Redis tests will fail"
+fi
+# The Redis restart test starts redis-server itself.
+ensure_redis_server_binary || echo "redis-server is missing; the Redis restart test will fail"
+echo "Redis for tests: ${MARQUEE_TEST_REDIS_URL:-none}"
 
 say "cargo test --workspace"
 cargo test --workspace --color never 2>&1 | tee "$LOG_DIR/cargo.log"
