@@ -60,7 +60,10 @@ enum Command {
         job: Job,
     },
     /// The store's current state of a party, read after it became reachable again.
-    Reset { party: PartyId, stored: Stored },
+    Reset {
+        party: PartyId,
+        stored: Stored,
+    },
 }
 
 impl PartiesHandle {
@@ -73,7 +76,13 @@ impl PartiesHandle {
 
     /// A session leaves: `explicit` when the member left on purpose, else its connection
     /// dropped (the member stays present for the TTL and may resume).
-    pub async fn leave(&self, party: PartyId, member: MemberId, session: SessionId, explicit: bool) {
+    pub async fn leave(
+        &self,
+        party: PartyId,
+        member: MemberId,
+        session: SessionId,
+        explicit: bool,
+    ) {
         let _ = self
             .tx
             .send(Command::Leave {
@@ -109,7 +118,9 @@ impl PartiesHandle {
 /// Spawns the parties task over `store`.
 pub fn spawn_parties(store: Arc<dyn Store>, config: PartyConfig) -> PartiesHandle {
     let (tx, rx) = mpsc::channel(PARTIES_QUEUE);
-    let feed = store.take_feed().expect("the parties task is the feed's only reader");
+    let feed = store
+        .take_feed()
+        .expect("the parties task is the feed's only reader");
     let config = Arc::new(config);
     let parties = Parties {
         store: store.clone(),
@@ -184,7 +195,9 @@ impl Parties {
                         undelivered: false,
                     }
                 });
-                replica.party.reset_state(now.into_std(), wall, entry.stored.state);
+                replica
+                    .party
+                    .reset_state(now.into_std(), wall, entry.stored.state);
                 let member = entry.member.member_id.clone();
                 replica.party.join_local(entry.member);
                 if let Some((_, old)) = replica
@@ -207,7 +220,11 @@ impl Parties {
                     return;
                 };
                 // A replaced session leaving must not take its successor out.
-                if replica.sessions.get(&member).is_none_or(|(s, _)| *s != session) {
+                if replica
+                    .sessions
+                    .get(&member)
+                    .is_none_or(|(s, _)| *s != session)
+                {
                     return;
                 }
                 replica.sessions.remove(&member);
@@ -240,7 +257,9 @@ impl Parties {
             }
             Command::Reset { party, stored } => {
                 if let Some(replica) = self.replicas.get_mut(&party) {
-                    replica.party.reset_state(now.into_std(), wall, stored.state);
+                    replica
+                        .party
+                        .reset_state(now.into_std(), wall, stored.state);
                     self.drain(&party);
                 }
             }
@@ -302,7 +321,12 @@ impl Parties {
                     tracing::warn!(party = %code, "party was missing from the store; restored it");
                 }
                 if let Ok(Some(stored)) = store.load(&code).await {
-                    let _ = tx.send(Command::Reset { party: code, stored }).await;
+                    let _ = tx
+                        .send(Command::Reset {
+                            party: code,
+                            stored,
+                        })
+                        .await;
                 }
             });
         }

@@ -74,11 +74,17 @@ pub enum ClientMessage {
         host_key: Option<String>,
     },
     /// An SDP offer from the client: how a host publishes (and republishes) its tracks.
-    Offer { sdp: String },
+    Offer {
+        sdp: String,
+    },
     /// The client's SDP answer to a server [`ServerMessage::Offer`].
-    Answer { sdp: String },
+    Answer {
+        sdp: String,
+    },
     /// A trickled ICE candidate of the client.
-    Candidate { candidate: IceCandidate },
+    Candidate {
+        candidate: IceCandidate,
+    },
     /// Leave the room; the WebSocket stays open and may `join` again.
     Leave {},
     /// Liveness probe; answered by `pong` with the same `id`.
@@ -111,12 +117,25 @@ pub enum ClientMessage {
         base_version: Option<u64>,
     },
     /// The host sets who may control playback.
-    SetControl { op_id: String, control: Control },
-    Chat { op_id: String, text: String },
-    React { op_id: String, emoji: String },
-    Typing { typing: bool },
+    SetControl {
+        op_id: String,
+        control: Control,
+    },
+    Chat {
+        op_id: String,
+        text: String,
+    },
+    React {
+        op_id: String,
+        emoji: String,
+    },
+    Typing {
+        typing: bool,
+    },
     /// The member's camera is on (published to the live room `PARTY-memberId`) or off.
-    Camera { on: bool },
+    Camera {
+        on: bool,
+    },
     /// A member's periodic report: player status, playback position at a server time under a
     /// state version, and its clock-sync quality.
     SyncReport {
@@ -134,7 +153,9 @@ pub enum ClientMessage {
         rtt_ms: Option<f64>,
     },
     /// A clock probe: `t0` is the client's clock (ms). Allowed before any join.
-    TimeProbe { t0: f64 },
+    TimeProbe {
+        t0: f64,
+    },
 }
 
 /// Messages the server sends.

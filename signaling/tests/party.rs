@@ -122,7 +122,9 @@ async fn a_member_that_drops_resumes_with_everything_it_missed_exactly_once() {
     );
     assert_eq!(
         bob.chats(),
-        (0..5).map(|i| format!("while away {i}")).collect::<Vec<_>>()
+        (0..5)
+            .map(|i| format!("while away {i}"))
+            .collect::<Vec<_>>()
     );
     // ...then the current state.
     assert_eq!(
@@ -171,9 +173,15 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     })
     .unwrap();
     ws.expect_error(ErrorCode::NotJoined).await.unwrap();
-    let err = PartyClient::join(&url, "NOPE42", "Eve").await.err().unwrap();
+    let err = PartyClient::join(&url, "NOPE42", "Eve")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(server_error_code(&err), Some(ErrorCode::PartyNotFound));
-    let err = PartyClient::join(&url, "bad code!", "Eve").await.err().unwrap();
+    let err = PartyClient::join(&url, "bad code!", "Eve")
+        .await
+        .err()
+        .unwrap();
     assert_eq!(server_error_code(&err), Some(ErrorCode::InvalidRoom));
 
     let mut ann = PartyClient::create(&url, "Ann").await.unwrap();
@@ -193,13 +201,12 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     ann.wait_for(|c| c.version() == 3).await.unwrap();
     let version = ann.version();
 
-    let playback = |op: &str, command: PlaybackCommand, base: Option<u64>| {
-        ClientMessage::Playback {
+    let playback =
+        |op: &str, command: PlaybackCommand, base: Option<u64>| ClientMessage::Playback {
             op_id: op.into(),
             command,
             base_version: base,
-        }
-    };
+        };
     // Without permission.
     bob.expect_refusal(
         playback("b1", PlaybackCommand::Play, None),
@@ -235,14 +242,13 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     }
     ann.send_raw(r#"{"type":"playback","opId":"a3","command":{"action":"seek","positionMs":NaN}}"#)
         .unwrap();
-    ann.expect_refusal(
-        ClientMessage::Ping { id: 0 },
-        ErrorCode::BadMessage,
-    )
-    .await
-    .unwrap();
-    ann.send_raw(r#"{"type":"playback","opId":"a3","command":{"action":"seek","positionMs":"soon"}}"#)
+    ann.expect_refusal(ClientMessage::Ping { id: 0 }, ErrorCode::BadMessage)
+        .await
         .unwrap();
+    ann.send_raw(
+        r#"{"type":"playback","opId":"a3","command":{"action":"seek","positionMs":"soon"}}"#,
+    )
+    .unwrap();
     ann.expect_refusal(ClientMessage::Ping { id: 0 }, ErrorCode::BadMessage)
         .await
         .unwrap();

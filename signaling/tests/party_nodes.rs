@@ -41,9 +41,14 @@ async fn two_nodes_share_one_party_through_redis() {
     // Seek and pause on A; B applies the same timeline.
     ann.playback(load(), None).await.unwrap();
     ann.playback(PlaybackCommand::Play, None).await.unwrap();
-    ann.playback(PlaybackCommand::Seek { position_ms: 12_000.0 }, None)
-        .await
-        .unwrap();
+    ann.playback(
+        PlaybackCommand::Seek {
+            position_ms: 12_000.0,
+        },
+        None,
+    )
+    .await
+    .unwrap();
     ann.playback(PlaybackCommand::Pause, None).await.unwrap();
     let state = converge(&mut ann, &mut bob, 5).await;
     assert!(state.timeline.paused);
@@ -133,7 +138,10 @@ async fn a_party_survives_a_redis_restart_without_losing_acknowledged_chat() {
 
     redis.kill();
     // Refused while Redis is away, with a code that says so; nothing is acknowledged.
-    let err = ann.chat_with_op("during the outage", "outage-1").await.unwrap_err();
+    let err = ann
+        .chat_with_op("during the outage", "outage-1")
+        .await
+        .unwrap_err();
     assert_eq!(server_error_code(&err), Some(ErrorCode::SyncUnavailable));
     bob.wait_for(|c| c.state.as_ref().is_some_and(|s| !s.sync_available))
         .await

@@ -65,7 +65,9 @@ impl ClockSync {
 
     /// The sample with the lowest delay.
     fn best(&self) -> Option<&ProbeSample> {
-        self.samples.iter().min_by(|a, b| a.delay().total_cmp(&b.delay()))
+        self.samples
+            .iter()
+            .min_by(|a, b| a.delay().total_cmp(&b.delay()))
     }
 
     /// Server clock minus client clock, in ms.
@@ -146,6 +148,9 @@ mod tests {
             clock.add(probe(100.0 + i as f64, 50.0, 50.0, 7.0));
         }
         assert_eq!(clock.len(), WINDOW);
-        assert!((clock.offset().unwrap() - 7.0).abs() < 1e-9, "old best fell out");
+        assert!(
+            (clock.offset().unwrap() - 7.0).abs() < 1e-9,
+            "old best fell out"
+        );
     }
 }

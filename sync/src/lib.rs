@@ -23,7 +23,5 @@ pub use model::{
 pub use party::{
     MemberView, Party, PartyConfig, PartyError, Proposal, Snapshot, Spread, SyncReport,
 };
-pub use store::{
-    Committed, Feed, MemoryStore, RedisStore, Store, StoreConfig, StoreError, Stored,
-};
+pub use store::{Committed, Feed, MemoryStore, RedisStore, Store, StoreConfig, StoreError, Stored};
 pub use timeline::{Timeline, UnixMillis};

@@ -72,12 +72,18 @@ impl SharedState {
 )]
 pub enum PlaybackCommand {
     /// Load a video (an `http(s)` URL or a path on this server), paused at its start.
-    Load { url: String },
+    Load {
+        url: String,
+    },
     Play,
     Pause,
-    Seek { position_ms: f64 },
+    Seek {
+        position_ms: f64,
+    },
     /// Playback rate, 0.25 to 4.
-    Rate { rate: f64 },
+    Rate {
+        rate: f64,
+    },
 }
 
 /// Why the shared state changed.

@@ -393,7 +393,9 @@ impl Party {
     ) -> Result<Proposal, PartyError> {
         let name = self.local_name(member)?;
         if self.state.control == Control::Host && *member != self.state.host {
-            return Err(PartyError::PermissionDenied("control playback in this party"));
+            return Err(PartyError::PermissionDenied(
+                "control playback in this party",
+            ));
         }
         if let Some(base) = base_version
             && base != self.state.version

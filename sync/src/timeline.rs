@@ -121,7 +121,9 @@ mod tests {
         assert_eq!(paused.position_at(UnixMillis(10_000)), 2_000.0);
         let sought = paused.seek(UnixMillis(5_000), 60_000.0);
         assert_eq!(sought.position_at(UnixMillis(6_000)), 60_000.0);
-        let fast = sought.play(UnixMillis(6_000)).set_rate(UnixMillis(6_000), 1.5);
+        let fast = sought
+            .play(UnixMillis(6_000))
+            .set_rate(UnixMillis(6_000), 1.5);
         assert_eq!(fast.position_at(UnixMillis(8_000)), 63_000.0);
         assert_eq!(fast.url.as_deref(), Some("/a.webm"));
     }

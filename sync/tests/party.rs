@@ -29,7 +29,8 @@ impl Harness {
             seq: 0,
         };
         for i in 0..members {
-            h.party.join_local(presence(i, wall.plus_ms(i as i64 * 1000)));
+            h.party
+                .join_local(presence(i, wall.plus_ms(i as i64 * 1000)));
         }
         h
     }
@@ -131,7 +132,11 @@ fn play_pause_and_seek_are_scheduled_a_lead_ahead_of_now() {
     h.load_and_play();
     let t = &h.party.state().timeline;
     assert!(!t.paused);
-    assert_eq!(t.anchor, h.wall.plus_ms(150), "no RTT known: the 150 ms floor");
+    assert_eq!(
+        t.anchor,
+        h.wall.plus_ms(150),
+        "no RTT known: the 150 ms floor"
+    );
     // A member on a 260 ms round trip: lead = 2 × its one-way delay.
     rtt(&mut h, 2, 260.0);
     assert_eq!(h.party.lead_ms(), 260);
@@ -196,7 +201,13 @@ fn commands_on_a_stale_version_or_that_lose_a_race_are_refused() {
     // Both members decide on the same version; the store keeps the first.
     let a = h
         .party
-        .prepare_playback(h.wall, &id(0), PlaybackCommand::Pause, Some(seen), "a".into())
+        .prepare_playback(
+            h.wall,
+            &id(0),
+            PlaybackCommand::Pause,
+            Some(seen),
+            "a".into(),
+        )
         .unwrap();
     let b = h
         .party
@@ -213,8 +224,13 @@ fn commands_on_a_stale_version_or_that_lose_a_race_are_refused() {
     assert!(h.party.state().timeline.paused);
     // A client still on the old version is told so.
     assert_eq!(
-        h.party
-            .prepare_playback(h.wall, &id(1), PlaybackCommand::Play, Some(seen), "c".into()),
+        h.party.prepare_playback(
+            h.wall,
+            &id(1),
+            PlaybackCommand::Play,
+            Some(seen),
+            "c".into()
+        ),
         Err(PartyError::StaleVersion {
             base: seen,
             current: seen + 1
@@ -247,7 +263,13 @@ fn bad_positions_rates_and_urls_are_refused_without_a_change() {
         );
     }
     let long = format!("/{}", "x".repeat(3000));
-    for url in ["", "javascript:alert(1)", "ftp://x/y", "/a b", long.as_str()] {
+    for url in [
+        "",
+        "javascript:alert(1)",
+        "ftp://x/y",
+        "/a b",
+        long.as_str(),
+    ] {
         assert_eq!(
             h.playback(0, PlaybackCommand::Load { url: url.into() }),
             Err(PartyError::InvalidUrl),
@@ -354,7 +376,11 @@ fn playback_waits_for_a_buffering_member_and_resumes_when_it_is_ready() {
     assert!(h.commit(p));
     let t = &h.party.state().timeline;
     assert!(!t.paused);
-    assert_eq!(t.anchor, h.wall.plus_ms(150), "resumed together, scheduled ahead");
+    assert_eq!(
+        t.anchor,
+        h.wall.plus_ms(150),
+        "resumed together, scheduled ahead"
+    );
 }
 
 #[test]
@@ -373,7 +399,9 @@ fn the_group_wait_is_capped_and_the_laggard_is_not_waited_for_again() {
     // Still buffering and reported again, with no ready in between: no second stall.
     h.report(2, MemberStatus::Ready);
     h.report(2, MemberStatus::Buffering);
-    let (p, _) = h.proposal().expect("ready in between: a new wait is allowed");
+    let (p, _) = h
+        .proposal()
+        .expect("ready in between: a new wait is allowed");
     assert!(h.commit(p));
     h.advance(Duration::from_secs(6));
     let (p, _) = h.proposal().unwrap();

@@ -9,8 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use sync::{
     Cause, Committed, EventBody, Feed, MemberId, MemberRecord, MemberStatus, MemoryStore, NewEvent,
-    PartyId, Presence, RedisStore, SharedState, Store, StoreConfig, StoreError, Stored,
-    UnixMillis,
+    PartyId, Presence, RedisStore, SharedState, Store, StoreConfig, StoreError, Stored, UnixMillis,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -203,13 +202,19 @@ async fn a_retried_op_is_applied_once(store: Arc<dyn Store>) {
     );
     // The same op id from another member is another op.
     assert_eq!(
-        store.append(&p, &chat("bob", "op-7", "mine")).await.unwrap(),
+        store
+            .append(&p, &chat("bob", "op-7", "mine"))
+            .await
+            .unwrap(),
         Committed::Applied(2)
     );
     // A retried state change is answered as done even though its version is now stale.
     let event = change(&stored().state, "seek-1", 5.0);
     assert_eq!(store.commit(&p, 1, &event).await, Ok(Committed::Applied(3)));
-    assert_eq!(store.commit(&p, 1, &event).await, Ok(Committed::Duplicate(3)));
+    assert_eq!(
+        store.commit(&p, 1, &event).await,
+        Ok(Committed::Duplicate(3))
+    );
     let texts: Vec<u64> = store
         .events_after(&p, 0)
         .await
@@ -298,7 +303,10 @@ async fn the_feed_brings_events_and_presence_of_watched_parties(store: Arc<dyn S
     // Unwatched: nothing more arrives about it.
     store.unwatch(&p);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    store.append(&p, &chat("ann", "c3", "unheard")).await.unwrap();
+    store
+        .append(&p, &chat("ann", "c3", "unheard"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     while let Ok(item) = feed.try_recv() {
         if let Feed::Event(q, e) = item {

@@ -257,7 +257,10 @@ impl Session {
                 outbox: self.outbox.clone(),
             })
             .await
-            .ok_or((ErrorCode::ShuttingDown, "the server is shutting down".into()))?;
+            .ok_or((
+                ErrorCode::ShuttingDown,
+                "the server is shutting down".into(),
+            ))?;
         // Registered first, read second: anything committed meanwhile is in the read or
         // arrives live, and the session drops what it already sent.
         let history = self.state.parties.config.history;
@@ -448,7 +451,10 @@ fn check_op_id(op_id: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn ack(op_id: String, committed: Result<Committed, StoreError>) -> Result<Vec<ServerMessage>, Failure> {
+fn ack(
+    op_id: String,
+    committed: Result<Committed, StoreError>,
+) -> Result<Vec<ServerMessage>, Failure> {
     let committed = committed.map_err(store_failure)?;
     Ok(vec![ServerMessage::Ack {
         op_id,

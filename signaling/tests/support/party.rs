@@ -151,7 +151,11 @@ impl PartyClient {
     }
 
     fn take_state(&mut self, state: &SharedState) {
-        if self.shared.as_ref().is_none_or(|s| state.version > s.version) {
+        if self
+            .shared
+            .as_ref()
+            .is_none_or(|s| state.version > s.version)
+        {
             self.shared = Some(state.clone());
         }
     }
@@ -185,7 +189,9 @@ impl PartyClient {
         let op_id = self.op();
         loop {
             match self.chat_with_op(text, &op_id).await {
-                Err(err) if super::client::server_error_code(&err) == Some(ErrorCode::RateLimited) => {
+                Err(err)
+                    if super::client::server_error_code(&err) == Some(ErrorCode::RateLimited) =>
+                {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 result => return result,

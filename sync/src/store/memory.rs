@@ -213,11 +213,7 @@ impl Store for MemoryStore {
         })
     }
 
-    async fn remove_presence(
-        &self,
-        party: &PartyId,
-        member: &MemberId,
-    ) -> Result<(), StoreError> {
+    async fn remove_presence(&self, party: &PartyId, member: &MemberId) -> Result<(), StoreError> {
         self.with(|inner| {
             let data = inner.parties.get_mut(party).ok_or(StoreError::NotFound)?;
             data.presence.remove(member);

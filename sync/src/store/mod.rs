@@ -133,8 +133,7 @@ pub trait Store: Send + Sync + 'static {
     async fn put_presence(&self, party: &PartyId, presence: &Presence) -> Result<(), StoreError>;
 
     /// Removes a member's presence and tells every watching node it left.
-    async fn remove_presence(&self, party: &PartyId, member: &MemberId)
-    -> Result<(), StoreError>;
+    async fn remove_presence(&self, party: &PartyId, member: &MemberId) -> Result<(), StoreError>;
 
     /// Presence of every member whose TTL has not lapsed.
     async fn presence(&self, party: &PartyId) -> Result<Vec<Presence>, StoreError>;

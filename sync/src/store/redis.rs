@@ -288,8 +288,7 @@ impl Store for RedisStore {
         member: &MemberId,
     ) -> Result<Option<MemberRecord>, StoreError> {
         let keys = Keys::new(party);
-        let json: Option<String> =
-            self.check(self.conn().hget(&keys.members, &member.0).await)?;
+        let json: Option<String> = self.check(self.conn().hget(&keys.members, &member.0).await)?;
         json.map(|j| from_json(&j)).transpose()
     }
 
@@ -321,11 +320,7 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn remove_presence(
-        &self,
-        party: &PartyId,
-        member: &MemberId,
-    ) -> Result<(), StoreError> {
+    async fn remove_presence(&self, party: &PartyId, member: &MemberId) -> Result<(), StoreError> {
         let keys = Keys::new(party);
         let _: () = self.check(
             redis::pipe()
@@ -360,8 +355,7 @@ impl Store for RedisStore {
             .iter()
             .map(|id| keys.presence(&MemberId(id.clone())))
             .collect();
-        let values: Vec<Option<String>> =
-            self.check(self.conn().mget(&presence_keys).await)?;
+        let values: Vec<Option<String>> = self.check(self.conn().mget(&presence_keys).await)?;
         let mut lapsed = Vec::new();
         let mut all = Vec::new();
         for (id, value) in ids.iter().zip(values) {
@@ -419,7 +413,10 @@ async fn read_feeds(client: Client, shared: Arc<Shared>) {
     loop {
         let cursors: Vec<(PartyId, Cursor)> = {
             let watched = shared.watched.lock().expect("watch lock poisoned");
-            watched.iter().map(|(p, c)| (p.clone(), c.clone())).collect()
+            watched
+                .iter()
+                .map(|(p, c)| (p.clone(), c.clone()))
+                .collect()
         };
         if cursors.is_empty() {
             shared.wake.notified().await;
@@ -459,7 +456,9 @@ async fn read_once(
     // A newly watched party's presence stream is read from its current end.
     for (party, cursor) in cursors.iter_mut().filter(|(_, c)| c.presence.is_none()) {
         let keys = Keys::new(party);
-        let last: StreamRangeReply = conn.xrevrange_count(&keys.presence_log, "+", "-", 1).await?;
+        let last: StreamRangeReply = conn
+            .xrevrange_count(&keys.presence_log, "+", "-", 1)
+            .await?;
         let id = last
             .ids
             .first()
@@ -496,7 +495,9 @@ async fn read_once(
                         cursor.log = event.seq;
                         let _ = shared.feed.send(Feed::Event(party.clone(), event));
                     }
-                    Err(err) => tracing::error!(%party, id = %entry.id, %err, "skipping corrupt log entry"),
+                    Err(err) => {
+                        tracing::error!(%party, id = %entry.id, %err, "skipping corrupt log entry")
+                    }
                 }
             } else {
                 cursor.presence = Some(entry.id.clone());
@@ -508,7 +509,9 @@ async fn read_once(
                         Err(err) => tracing::error!(%party, %err, "skipping corrupt presence"),
                     }
                 } else if let Some(member) = entry.get::<String>("gone") {
-                    let _ = shared.feed.send(Feed::Gone(party.clone(), MemberId(member)));
+                    let _ = shared
+                        .feed
+                        .send(Feed::Gone(party.clone(), MemberId(member)));
                 }
             }
         }
