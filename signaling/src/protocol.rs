@@ -531,4 +531,33 @@ mod tests {
             "{json}"
         );
     }
+
+    /// Every JSON example in docs/protocol.md is a message these types accept: the doc cannot
+    /// drift from the source of truth unnoticed.
+    #[test]
+    fn every_documented_example_decodes() {
+        let doc = include_str!("../../docs/protocol.md");
+        let mut checked = 0;
+        for block in doc.split("```json").skip(1) {
+            let block = block.split("```").next().unwrap();
+            for value in serde_json::Deserializer::from_str(block).into_iter::<serde_json::Value>()
+            {
+                let value = value.unwrap_or_else(|e| panic!("invalid JSON in doc: {e}\n{block}"));
+                let kind = value["type"].as_str().expect("examples have a type");
+                let text = value.to_string();
+                if KNOWN_CLIENT_TYPES.contains(&kind) && !matches!(kind, "offer" | "answer")
+                    || kind == "leave"
+                {
+                    decode_client_message(&text, DEFAULT_MAX_MESSAGE_BYTES)
+                        .unwrap_or_else(|e| panic!("client example {text}: {e}"));
+                } else if serde_json::from_str::<ServerMessage>(&text).is_err() {
+                    // offer/answer exist in both directions.
+                    decode_client_message(&text, DEFAULT_MAX_MESSAGE_BYTES)
+                        .unwrap_or_else(|e| panic!("example {text}: {e}"));
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "found only {checked} examples");
+    }
 }
