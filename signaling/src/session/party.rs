@@ -22,6 +22,14 @@ const MEMBER_ID_LEN: usize = 12;
 const MEMBER_KEY_LEN: usize = 32;
 const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 
+/// What a replica made of an accepted operation.
+enum Accepted {
+    /// A state change, to compare-and-set.
+    Commit(sync::Proposal),
+    /// A chat message or reaction, to append.
+    Append(sync::NewEvent),
+}
+
 /// This session's place in a party.
 pub(super) struct PartyMembership {
     pub party: PartyId,
@@ -53,62 +61,32 @@ impl Session {
                 command,
                 base_version,
             } => {
-                check_op_id(&op_id)?;
-                let (party, member) = self.party_ids()?;
-                let op = op_id.clone();
-                let proposal = self
-                    .with_party(&party, move |p, _, wall| {
-                        p.prepare_playback(wall, &member, command, base_version, op)
-                    })
-                    .await?;
-                let committed = self
-                    .state
-                    .parties
-                    .store
-                    .commit(&party, proposal.expected_version, &proposal.event)
-                    .await;
-                ack(op_id, committed)
+                self.operate(op_id, move |p, _, wall, member, op| {
+                    p.prepare_playback(wall, &member, command, base_version, op)
+                        .map(Accepted::Commit)
+                })
+                .await
             }
             ClientMessage::SetControl { op_id, control } => {
-                check_op_id(&op_id)?;
-                let (party, member) = self.party_ids()?;
-                let op = op_id.clone();
-                let proposal = self
-                    .with_party(&party, move |p, _, wall| {
-                        p.prepare_control(wall, &member, control, op)
-                    })
-                    .await?;
-                let committed = self
-                    .state
-                    .parties
-                    .store
-                    .commit(&party, proposal.expected_version, &proposal.event)
-                    .await;
-                ack(op_id, committed)
+                self.operate(op_id, move |p, _, wall, member, op| {
+                    p.prepare_control(wall, &member, control, op)
+                        .map(Accepted::Commit)
+                })
+                .await
             }
             ClientMessage::Chat { op_id, text } => {
-                check_op_id(&op_id)?;
-                let (party, member) = self.party_ids()?;
-                let op = op_id.clone();
-                let event = self
-                    .with_party(&party, move |p, now, wall| {
-                        p.prepare_chat(now, wall, &member, text, op)
-                    })
-                    .await?;
-                let committed = self.state.parties.store.append(&party, &event).await;
-                ack(op_id, committed)
+                self.operate(op_id, move |p, now, wall, member, op| {
+                    p.prepare_chat(now, wall, &member, text, op)
+                        .map(Accepted::Append)
+                })
+                .await
             }
             ClientMessage::React { op_id, emoji } => {
-                check_op_id(&op_id)?;
-                let (party, member) = self.party_ids()?;
-                let op = op_id.clone();
-                let event = self
-                    .with_party(&party, move |p, now, wall| {
-                        p.prepare_reaction(now, wall, &member, emoji, op)
-                    })
-                    .await?;
-                let committed = self.state.parties.store.append(&party, &event).await;
-                ack(op_id, committed)
+                self.operate(op_id, move |p, now, wall, member, op| {
+                    p.prepare_reaction(now, wall, &member, emoji, op)
+                        .map(Accepted::Append)
+                })
+                .await
             }
             ClientMessage::Typing { typing } => {
                 let (party, member) = self.party_ids()?;
@@ -305,6 +283,41 @@ impl Session {
             last_sent,
         });
         Ok(replies)
+    }
+
+    /// A member's operation: its replica checks it (`prepare`), this session writes the
+    /// result to the store, and the client gets the `ack` (or the reason it was refused).
+    async fn operate(
+        &mut self,
+        op_id: String,
+        prepare: impl FnOnce(
+            &mut sync::Party,
+            std::time::Instant,
+            UnixMillis,
+            MemberId,
+            String,
+        ) -> Result<Accepted, PartyError>
+        + Send
+        + 'static,
+    ) -> Result<Vec<ServerMessage>, Failure> {
+        check_op_id(&op_id)?;
+        let (party, member) = self.party_ids()?;
+        let op = op_id.clone();
+        let accepted = self
+            .with_party(&party, move |p, now, wall| {
+                prepare(p, now, wall, member, op)
+            })
+            .await?;
+        let store = &self.state.parties.store;
+        let committed = match accepted {
+            Accepted::Commit(proposal) => {
+                store
+                    .commit(&party, proposal.expected_version, &proposal.event)
+                    .await
+            }
+            Accepted::Append(event) => store.append(&party, &event).await,
+        };
+        ack(op_id, committed)
     }
 
     /// An event from the party log for this session's client.

@@ -296,51 +296,29 @@ impl Store for RedisStore {
         let keys = Keys::new(party);
         let json = to_json(presence);
         let ttl = self.config.presence_ttl.as_secs().max(1);
-        let _: () = self.check(
-            redis::pipe()
-                .atomic()
-                .set_ex(keys.presence(&presence.member_id), &json, ttl)
-                .ignore()
-                .sadd(&keys.present, &presence.member_id.0)
-                .ignore()
-                .expire(&keys.present, self.config.party_ttl.as_secs().max(1) as i64)
-                .ignore()
-                .cmd("XADD")
-                .arg(&keys.presence_log)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(PRESENCE_STREAM_LEN)
-                .arg("*")
-                .arg("p")
-                .arg(&json)
-                .ignore()
-                .query_async(&mut self.conn())
-                .await,
-        )?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .set_ex(keys.presence(&presence.member_id), &json, ttl)
+            .ignore()
+            .sadd(&keys.present, &presence.member_id.0)
+            .ignore()
+            .expire(&keys.present, self.config.party_ttl.as_secs().max(1) as i64)
+            .ignore();
+        announce(&mut pipe, &keys, "p", &json);
+        let _: () = self.check(pipe.query_async(&mut self.conn()).await)?;
         Ok(())
     }
 
     async fn remove_presence(&self, party: &PartyId, member: &MemberId) -> Result<(), StoreError> {
         let keys = Keys::new(party);
-        let _: () = self.check(
-            redis::pipe()
-                .atomic()
-                .del(keys.presence(member))
-                .ignore()
-                .srem(&keys.present, &member.0)
-                .ignore()
-                .cmd("XADD")
-                .arg(&keys.presence_log)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(PRESENCE_STREAM_LEN)
-                .arg("*")
-                .arg("gone")
-                .arg(&member.0)
-                .ignore()
-                .query_async(&mut self.conn())
-                .await,
-        )?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(keys.presence(member))
+            .ignore()
+            .srem(&keys.present, &member.0)
+            .ignore();
+        announce(&mut pipe, &keys, "gone", &member.0);
+        let _: () = self.check(pipe.query_async(&mut self.conn()).await)?;
         Ok(())
     }
 
@@ -559,6 +537,19 @@ impl Keys {
     fn presence(&self, member: &MemberId) -> String {
         format!("{}:presence:{}", self.prefix, member.0)
     }
+}
+
+/// Adds a presence change (`field` = value) to the party's presence stream, for the feeds.
+fn announce(pipe: &mut redis::Pipeline, keys: &Keys, field: &str, value: &str) {
+    pipe.cmd("XADD")
+        .arg(&keys.presence_log)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(PRESENCE_STREAM_LEN)
+        .arg("*")
+        .arg(field)
+        .arg(value)
+        .ignore();
 }
 
 fn parse_event(entry: &StreamId) -> Result<Event, StoreError> {
