@@ -301,6 +301,10 @@ pub enum MediaState {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// The `opId` of the refused operation, when the message had one, so a client with
+    /// several operations in flight knows which one failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub op_id: Option<String>,
 }
 
 /// Stable, machine-readable error codes. Clients branch on these; the text is for humans.
@@ -379,7 +383,21 @@ impl ServerMessage {
         ServerMessage::Error(ErrorBody {
             code,
             message: message.into(),
+            op_id: None,
         })
+    }
+}
+
+impl ClientMessage {
+    /// The operation id of an operation message.
+    pub fn op_id(&self) -> Option<&str> {
+        match self {
+            ClientMessage::Playback { op_id, .. }
+            | ClientMessage::SetControl { op_id, .. }
+            | ClientMessage::Chat { op_id, .. }
+            | ClientMessage::React { op_id, .. } => Some(op_id),
+            _ => None,
+        }
     }
 }
 

@@ -11,8 +11,8 @@ use tokio::time::Instant;
 
 use crate::AppState;
 use crate::protocol::{
-    ClientMessage, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, PartyState, Role,
-    RoomState, ServerMessage, decode_client_message,
+    ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION,
+    PartyState, Role, RoomState, ServerMessage, decode_client_message,
 };
 use crate::rooms::JoinRequest;
 use crate::wall_clock;
@@ -202,9 +202,14 @@ impl Session {
             Ok(message) => message,
             Err(err) => return vec![ServerMessage::error(err.code(), err.to_string())],
         };
+        let op_id = message.op_id().map(str::to_owned);
         match self.handle(message).await {
             Ok(replies) => replies,
-            Err((code, message)) => vec![ServerMessage::error(code, message)],
+            Err((code, message)) => vec![ServerMessage::Error(ErrorBody {
+                code,
+                message,
+                op_id,
+            })],
         }
     }
 

@@ -221,6 +221,11 @@ impl PartyClient {
                 true
             }
             ServerMessage::Error(body) => {
+                assert_eq!(
+                    body.op_id.as_deref(),
+                    Some(op.as_str()),
+                    "a refusal names its op"
+                );
                 result = Some(Err(anyhow::Error::new(ServerError(body.clone()))));
                 true
             }
@@ -247,6 +252,7 @@ impl PartyClient {
                 got = Some(ErrorBody {
                     code: ErrorCode::Internal,
                     message: format!("acknowledged {op_id} instead of refusing it"),
+                    op_id: Some(op_id.clone()),
                 });
                 true
             }
