@@ -7,6 +7,7 @@
 // never renegotiates. A lost WebSocket or a failed peer connection starts a new
 // session; the local camera keeps running meanwhile.
 import { Signaling } from './signaling.js';
+import { Publisher } from './rtc.js';
 import { initTv } from './tv.js';
 
 initTv();
@@ -20,8 +21,6 @@ const ui = {
   viewerCount: $('viewer-count'), mediaState: $('media-state'), error: $('error'), status: $('status'),
 };
 
-/** A peer connection that stays `disconnected` this long is treated as failed. */
-const DISCONNECTED_GRACE_MS = 5_000;
 /** Errors after which retrying cannot help: stop and tell the person. */
 const FATAL_CODES = new Set([
   'host_already_present', 'session_replaced', 'unsupported_version', 'invalid_room', 'not_allowed', 'invalid_sdp',
@@ -51,21 +50,17 @@ const state = {
 };
 
 const signaling = new Signaling();
-let pc = null;
-let audioSender = null;
-let videoSender = null;
+/** The peer connection of the current session: our offer, the server's answer. */
+const publisher = new Publisher(signaling, 'host');
 let mic = null;
 let video = null;
-let pendingCandidates = [];
-let offerSent = false;
-let disconnectTimer = null;
 let failures = 0;
 
 // Debug hooks for tests and the console.
 window.marquee = {
   state,
   signaling,
-  get pc() { return pc; },
+  get pc() { return publisher.pc; },
   get videoTrack() { return video; },
   get audioTrack() { return mic; },
 };
@@ -135,17 +130,7 @@ signaling.addEventListener('joined', (e) => {
   publish().catch((err) => fail(`Could not start publishing: ${err.message}`));
 });
 
-signaling.addEventListener('answer', async (e) => {
-  if (!pc || pc.signalingState !== 'have-local-offer') {
-    console.warn('[host] ignoring answer in state', pc?.signalingState);
-    return;
-  }
-  try {
-    await pc.setRemoteDescription({ type: 'answer', sdp: e.detail.sdp });
-  } catch (err) {
-    fail(`The server's answer was not usable: ${err.message}`);
-  }
-});
+signaling.addEventListener('answer', (e) => publisher.handleAnswer(e.detail.sdp));
 
 signaling.addEventListener('roomState', (e) => {
   state.live = e.detail.live;
@@ -227,55 +212,21 @@ function stop() {
 }
 
 async function publish() {
-  closePc();
-  pc = new RTCPeerConnection();
-  offerSent = false;
-  pendingCandidates = [];
-  const stream = new MediaStream([mic, video].filter(Boolean));
-  // Both transceivers always exist, even without a track, so that switching sources or
-  // (un)plugging the microphone never needs a new offer.
-  audioSender = pc.addTransceiver(mic ?? 'audio', { direction: 'sendonly', streams: [stream] }).sender;
-  videoSender = pc.addTransceiver(video ?? 'video', { direction: 'sendonly', streams: [stream] }).sender;
-
-  const mine = pc;
-  pc.onicecandidate = (e) => {
-    if (mine !== pc || !e.candidate) return;
-    if (offerSent) signaling.candidate(e.candidate);
-    else pendingCandidates.push(e.candidate);
-  };
-  pc.onconnectionstatechange = () => {
-    if (mine !== pc) return;
-    state.pc = pc.connectionState;
-    onPcState(pc.connectionState);
-    render();
-  };
-
-  try {
-    await mine.setLocalDescription(await mine.createOffer());
-  } catch (err) {
-    if (mine !== pc) return; // closed meanwhile (stop, reconnect): nothing to report
-    throw err;
-  }
-  if (mine !== pc) return;
-  signaling.offer(pc.localDescription.sdp);
-  // Candidates only after the offer: the server refuses them before (candidate_before_offer).
-  offerSent = true;
-  for (const c of pendingCandidates) signaling.candidate(c);
-  pendingCandidates = [];
-  state.pc = pc.connectionState;
+  await publisher.publish({ audio: mic, video });
+  state.pc = publisher.state;
   render();
 }
 
-function onPcState(s) {
-  clearTimeout(disconnectTimer);
-  if (s === 'connected') {
-    failures = 0;
-  } else if (s === 'failed') {
-    restartSession('Media connection failed');
-  } else if (s === 'disconnected') {
-    disconnectTimer = setTimeout(() => restartSession('Media connection lost'), DISCONNECTED_GRACE_MS);
-  }
-}
+publisher.addEventListener('statechange', (e) => {
+  state.pc = e.detail.state;
+  if (state.pc === 'connected') failures = 0;
+  render();
+});
+publisher.addEventListener('failed', (e) => {
+  // An unusable answer is reported and left alone; a lost connection starts over.
+  if (e.detail.kind === 'connection') restartSession(e.detail.reason);
+  else fail(e.detail.reason);
+});
 
 /** Ends this session and starts a new one (re-join, re-offer), backing off on repeats. */
 function restartSession(why) {
@@ -288,13 +239,7 @@ function restartSession(why) {
 }
 
 function closePc() {
-  clearTimeout(disconnectTimer);
-  if (pc) {
-    pc.onicecandidate = pc.onconnectionstatechange = null;
-    pc.close();
-  }
-  pc = null;
-  audioSender = videoSender = null;
+  publisher.close();
   state.pc = 'new';
 }
 
@@ -328,7 +273,7 @@ async function ensureMedia() {
       console.warn('[host] no microphone:', err);
       showError(`No microphone (${err.message}); going live without sound.`);
     }
-    if (audioSender && mic) await audioSender.replaceTrack(mic);
+    if (mic) await publisher.replaceTrack('audio', mic);
   }
   if (!video) await setVideoTrack(await openVideo(state.source));
 }
@@ -353,7 +298,7 @@ async function setVideoTrack(track) {
   const old = video;
   video = track;
   // Same sender, new source: no renegotiation, viewers just see the new picture.
-  if (videoSender) await videoSender.replaceTrack(track);
+  await publisher.replaceTrack('video', track);
   if (old && old !== track) old.stop();
   if (track) {
     track.addEventListener('ended', () => {
@@ -377,6 +322,7 @@ function stopMedia() {
 const STATS_INTERVAL_MS = 2_000;
 let lastSent = null;
 setInterval(async () => {
+  const pc = publisher.pc;
   if (!pc || state.pc !== 'connected') {
     state.sending = '';
     lastSent = null;

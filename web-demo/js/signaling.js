@@ -6,7 +6,8 @@
 // listens for `open` and sends `join` again; the server forgets everything about the
 // old socket. Messages are dispatched as DOM events named after their `type`
 // (`joined`, `offer`, `answer`, `roomState`, `mediaState`, `pong`, `error`), with the
-// parsed message in `event.detail`.
+// parsed message in `event.detail`. The watch party (`partyJoin`, …) rides the same kind of
+// connection: its messages are dispatched the same way (`partyJoined`, `partyEvent`, …).
 
 /** Protocol version spoken by this client (`PROTOCOL_VERSION` in protocol.rs). */
 export const PROTOCOL_VERSION = 1;
@@ -103,6 +104,32 @@ export class Signaling extends EventTarget {
     return this.send('candidate', { candidate });
   }
   leave() { return this.send('leave'); }
+
+  // Watch-party senders (signaling/src/protocol.rs; js/party.js).
+  /** Creates a party (no `party`) or joins one; `memberId`/`memberKey`/`lastSeq` resume. */
+  partyJoin({ party, name = '', memberId, memberKey, lastSeq }) {
+    const msg = { version: PROTOCOL_VERSION, name };
+    if (party) msg.party = party;
+    if (memberId && memberKey) {
+      msg.memberId = memberId;
+      msg.memberKey = memberKey;
+    }
+    if (Number.isFinite(lastSeq) && lastSeq > 0) msg.lastSeq = lastSeq;
+    return this.send('partyJoin', msg);
+  }
+  /** @param {{action: string}} command e.g. `{action: 'seek', positionMs: 1000}` */
+  playback(opId, command, baseVersion) {
+    const msg = { opId, command };
+    if (baseVersion != null) msg.baseVersion = baseVersion;
+    return this.send('playback', msg);
+  }
+  setControl(opId, control) { return this.send('setControl', { opId, control }); }
+  chat(opId, text) { return this.send('chat', { opId, text }); }
+  react(opId, emoji) { return this.send('react', { opId, emoji }); }
+  typing(typing) { return this.send('typing', { typing }); }
+  camera(on) { return this.send('camera', { on }); }
+  syncReport(report) { return this.send('syncReport', report); }
+  timeProbe(t0) { return this.send('timeProbe', { t0 }); }
   ping() {
     const id = this.nextPingId++;
     this.awaitingPong = id;

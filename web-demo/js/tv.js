@@ -51,12 +51,13 @@ function onKeyDown(event) {
   }
 }
 
-/** Inside a text field, Left/Right move the caret until it reaches the edge. */
+/** Inside a text field, Left/Right move the caret until it reaches the edge; on a slider, the value. */
 function leavesControl(el, dir) {
   if (el.tagName === 'TEXTAREA') return false;
   if (el.tagName === 'SELECT') return dir === 'left' || dir === 'right';
   if (el.tagName !== 'INPUT') return true;
   if (dir === 'up' || dir === 'down') return true;
+  if (el.type === 'range') return false; // Left/Right move the slider
   if (el.selectionStart === null) return true; // e.g. type=number has no caret API
   if (el.selectionStart !== el.selectionEnd) return false;
   return dir === 'left' ? el.selectionStart === 0 : el.selectionEnd === el.value.length;

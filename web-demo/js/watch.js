@@ -6,6 +6,7 @@
 // WebSocket or a failed peer connection tears everything down and joins again with
 // backoff; an unknown room is retried slowly until the host creates it.
 import { Signaling } from './signaling.js';
+import { Subscriber } from './rtc.js';
 import { initTv } from './tv.js';
 
 initTv();
@@ -17,8 +18,6 @@ const ui = {
   viewerCount: $('viewer-count'), stats: $('stats'), error: $('error'), codeForm: $('code-form'),
 };
 
-/** A peer connection that stays `disconnected` this long is treated as failed. */
-const DISCONNECTED_GRACE_MS = 5_000;
 /** How often to ask again for a room that does not exist (yet). */
 const ROOM_NOT_FOUND_RETRY_MS = 10_000;
 /** Errors after which retrying cannot help. */
@@ -51,22 +50,15 @@ const state = {
 };
 
 const signaling = new Signaling();
-let pc = null;
-/** Tracks of the current peer connection's receivers, in arrival order. */
-let received = [];
-/** What the <video> element plays: the newest live video track and audio track. */
-let remote = new MediaStream();
-let pendingCandidates = [];
-let answerSent = false;
-let negotiation = Promise.resolve();
-let disconnectTimer = null;
+/** The peer connection of the current session; it answers the server's offers. */
+const subscriber = new Subscriber(signaling, 'watch');
 let failures = 0;
 
 window.marquee = {
   state,
   signaling,
-  get pc() { return pc; },
-  get stream() { return remote; },
+  get pc() { return subscriber.pc; },
+  get stream() { return subscriber.stream; },
 };
 
 // ---- UI wiring -------------------------------------------------------------------
@@ -123,9 +115,8 @@ signaling.addEventListener('joined', (e) => {
 });
 
 signaling.addEventListener('offer', (e) => {
-  const { sdp } = e.detail;
   // Offers are applied strictly in order; a renegotiation waits for the previous answer.
-  negotiation = negotiation.then(() => answerOffer(sdp));
+  subscriber.handleOffer(e.detail.sdp);
 });
 
 signaling.addEventListener('roomState', (e) => {
@@ -165,95 +156,22 @@ signaling.addEventListener('error', (e) => {
 
 // ---- Media -------------------------------------------------------------------------
 
-function createPc() {
-  const mine = new RTCPeerConnection();
-  pc = mine;
-  answerSent = false;
-  pendingCandidates = [];
-  mine.onicecandidate = (e) => {
-    if (mine !== pc || !e.candidate) return;
-    if (answerSent) signaling.candidate(e.candidate);
-    else pendingCandidates.push(e.candidate);
-  };
-  mine.ontrack = (e) => {
-    if (mine !== pc) return;
-    addRemoteTrack(e.track);
-  };
-  mine.onconnectionstatechange = () => {
-    if (mine !== pc) return;
-    state.pc = mine.connectionState;
-    onPcState(mine.connectionState);
-    render();
-  };
-}
-
-async function answerOffer(sdp) {
-  if (!pc) createPc();
-  const mine = pc;
-  try {
-    await mine.setRemoteDescription({ type: 'offer', sdp });
-    await mine.setLocalDescription(await mine.createAnswer());
-  } catch (err) {
-    if (mine !== pc) return; // torn down meanwhile: nothing to repair
-    console.error('[watch] negotiation failed', err);
-    restartSession(`Could not apply the server's offer (${err.message})`);
-    return;
-  }
-  if (mine !== pc) return;
-  signaling.answer(mine.localDescription.sdp);
-  if (!answerSent) {
-    answerSent = true;
-    for (const c of pendingCandidates) signaling.candidate(c);
-    pendingCandidates = [];
-  }
-  syncRemoteTracks();
-}
-
-/** `ontrack` fires inside setRemoteDescription; the element is updated once negotiation ends. */
-function addRemoteTrack(track) {
-  if (received.includes(track)) return;
-  received.push(track);
-  track.addEventListener('ended', syncRemoteTracks);
-}
-
-/** After a (re)negotiation: forget tracks whose m-line no longer receives, then attach. */
-function syncRemoteTracks() {
-  if (!pc) return;
-  const receiving = new Set(pc.getTransceivers()
-    .filter((t) => !t.stopped && (t.currentDirection === 'recvonly' || t.currentDirection === 'sendrecv'))
-    .map((t) => t.receiver.track));
-  received = received.filter((t) => receiving.has(t) && t.readyState === 'live');
-  attach();
-}
-
-/**
- * Plays the newest video and the newest audio track. A room has one host source of each
- * kind; should a renegotiation leave an older m-line around, the newest one is the live one.
- */
-function attach() {
-  const newest = (kind) => received.filter((t) => t.kind === kind).at(-1);
-  const chosen = [newest('video'), newest('audio')].filter(Boolean);
-  const playing = remote.getTracks();
-  if (chosen.length === playing.length && chosen.every((t) => playing.includes(t))) return;
-  // A fresh stream makes the element pick up the new set of tracks.
-  remote = new MediaStream(chosen);
-  ui.video.srcObject = chosen.length ? remote : null;
-  // Muted autoplay is allowed everywhere; the Unmute button turns sound on.
-  if (chosen.length) ui.video.play().catch((err) => console.warn('[watch] play() refused:', err.message));
-  render();
-}
-
-function onPcState(s) {
-  clearTimeout(disconnectTimer);
-  if (s === 'connected') {
+subscriber.addEventListener('statechange', (e) => {
+  state.pc = e.detail.state;
+  if (state.pc === 'connected') {
     failures = 0;
     state.error = null; // e.g. an unusable candidate that did not matter in the end
-  } else if (s === 'failed') {
-    restartSession('Media connection failed');
-  } else if (s === 'disconnected') {
-    disconnectTimer = setTimeout(() => restartSession('Media connection lost'), DISCONNECTED_GRACE_MS);
   }
-}
+  render();
+});
+subscriber.addEventListener('failed', (e) => restartSession(e.detail.reason));
+subscriber.addEventListener('stream', (e) => {
+  const { stream } = e.detail;
+  ui.video.srcObject = stream;
+  // Muted autoplay is allowed everywhere; the Unmute button turns sound on.
+  if (stream) ui.video.play().catch((err) => console.warn('[watch] play() refused:', err.message));
+  render();
+});
 
 /** Ends this session and joins again, backing off on repeated failures. */
 function restartSession(why) {
@@ -266,19 +184,11 @@ function restartSession(why) {
 }
 
 function teardown() {
-  clearTimeout(disconnectTimer);
-  if (pc) {
-    pc.onicecandidate = pc.ontrack = pc.onconnectionstatechange = null;
-    pc.close();
-  }
-  pc = null;
-  negotiation = Promise.resolve();
+  subscriber.close();
   state.pc = 'new';
   state.media = null;
   state.playing = false;
   state.live = null;
-  received = [];
-  remote = new MediaStream();
   ui.video.srcObject = null;
 }
 
@@ -295,15 +205,15 @@ let lastBytes = null;
 let lastPackets = { count: -1, at: 0 };
 let stallRestarts = 0;
 setInterval(async () => {
-  if (!pc) {
+  const mine = subscriber.pc;
+  if (!mine) {
     ui.stats.textContent = '';
     lastBytes = null;
     lastPackets = { count: -1, at: 0 };
     return;
   }
-  const mine = pc;
   const stats = await mine.getStats();
-  if (mine !== pc) return;
+  if (mine !== subscriber.pc) return;
   let packets = 0;
   for (const s of stats.values()) {
     if (s.type !== 'inbound-rtp') continue;
@@ -315,7 +225,7 @@ setInterval(async () => {
     ui.stats.textContent = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}${fps}${rate}` : '';
   }
   const now = performance.now();
-  const receiving = state.live && mine.connectionState === 'connected' && received.length > 0;
+  const receiving = state.live && mine.connectionState === 'connected' && subscriber.received.length > 0;
   if (!receiving || packets !== lastPackets.count) {
     if (packets > lastPackets.count && lastPackets.count >= 0) stallRestarts = 0;
     lastPackets = { count: packets, at: now };

@@ -1,0 +1,165 @@
+// Shared by the browser tests (live.test.mjs, party.test.mjs): a real `marquee` server on
+// free loopback ports, Debian's Chromium through playwright-core, and pages that record
+// their console, errors and WebSocket frames for the failure report.
+//
+// Environment:
+//   MARQUEE_BIN   server binary (default: ../target/debug/marquee, relative to web-demo/)
+//   MARQUEE_URL   use an already running server at this URL instead of spawning one
+//   CHROMIUM_BIN  browser (default: /usr/bin/chromium, Debian's `chromium` package)
+//
+// The server is started as
+//   marquee --http 127.0.0.1:<free tcp port> --udp 127.0.0.1:<free udp port> --web-root <web-demo>
+// and must serve web-demo/ at `/` and the signaling WebSocket at `/ws`.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import dgram from 'node:dgram';
+import { existsSync } from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { chromium } from 'playwright-core';
+
+export const WEB_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const RESULTS_DIR = path.join(WEB_ROOT, 'test-results');
+const MARQUEE_BIN = path.resolve(WEB_ROOT, process.env.MARQUEE_BIN ?? '../target/debug/marquee');
+const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+
+/** GUIDE §3 flags, plus loopback ICE candidates and autoplay without a click. */
+export const CHROMIUM_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+  '--allow-loopback-in-peer-connection', '--autoplay-policy=no-user-gesture-required',
+];
+
+const SERVER_READY_MS = 30_000;
+const SERVER_EXIT_MS = 5_000;
+const BROWSER_LAUNCH_MS = 30_000;
+const PAGE_LOAD_MS = 15_000;
+
+/** The server under test: `MARQUEE_URL`, or a fresh `MARQUEE_BIN` process. */
+export async function serverFromEnv() {
+  return process.env.MARQUEE_URL ? externalServer(process.env.MARQUEE_URL) : startServer();
+}
+
+export async function launchBrowser() {
+  assert.ok(existsSync(CHROMIUM_BIN), `no browser at ${CHROMIUM_BIN}: apt-get install -y chromium`);
+  return chromium.launch({ executablePath: CHROMIUM_BIN, args: CHROMIUM_ARGS, timeout: BROWSER_LAUNCH_MS });
+}
+
+/**
+ * Opens `url` in a new page of `context`, recording what the page logs and sends.
+ * The page is appended to `pages` (for `assertNoPageErrors` and diagnostics).
+ */
+export async function openPage(context, name, url, pages) {
+  const page = await context.newPage();
+  const log = [];
+  page.marqueeName = name;
+  page.marqueeLog = log;
+  page.marqueeErrors = [];
+  const stamp = () => new Date().toISOString().slice(11, 23);
+  page.on('console', (m) => log.push(`${stamp()} console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => {
+    log.push(`${stamp()} pageerror: ${e.stack ?? e}`);
+    page.marqueeErrors.push(String(e));
+  });
+  page.on('requestfailed', (r) => log.push(`${stamp()} requestfailed: ${r.url()} ${r.failure()?.errorText}`));
+  page.on('websocket', (ws) => {
+    log.push(`${stamp()} ws open ${ws.url()}`);
+    const brief = (p) => String(p).slice(0, 160).replace(/\\r\\n/g, ' ');
+    ws.on('framesent', (f) => log.push(`${stamp()} ws -> ${brief(f.payload)}`));
+    ws.on('framereceived', (f) => log.push(`${stamp()} ws <- ${brief(f.payload)}`));
+    ws.on('close', () => log.push(`${stamp()} ws closed`));
+  });
+  pages.push(page);
+  await page.goto(url, { timeout: PAGE_LOAD_MS });
+  return page;
+}
+
+export function assertNoPageErrors(pages) {
+  const errors = pages.flatMap((p) => p.marqueeErrors.map((e) => `${p.marqueeName}: ${e}`));
+  assert.deepEqual(errors, [], 'uncaught errors in pages');
+}
+
+// ---- Server ----------------------------------------------------------------------------
+
+export function externalServer(url) {
+  return { url: url.replace(/\/$/, ''), log: () => ['(external server: see its own log)'], stop: async () => {} };
+}
+
+export async function startServer() {
+  assert.ok(existsSync(MARQUEE_BIN),
+    `no server binary at ${MARQUEE_BIN}: build it (cargo build -p signaling) or set MARQUEE_BIN / MARQUEE_URL`);
+  const httpPort = await freeTcpPort();
+  const udpPort = await freeUdpPort();
+  const args = ['--http', `127.0.0.1:${httpPort}`, '--udp', `127.0.0.1:${udpPort}`, '--web-root', WEB_ROOT];
+  const lines = [];
+  const proc = spawn(MARQUEE_BIN, args, {
+    env: { RUST_LOG: 'info', NO_COLOR: '1', ...process.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const keep = (chunk) => {
+    lines.push(...chunk.toString().split('\n').filter(Boolean));
+    if (lines.length > 2000) lines.splice(0, lines.length - 2000);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  let exited = null;
+  const exit = new Promise((resolve) => proc.on('exit', (code, signal) => {
+    exited = { code, signal };
+    resolve(exited);
+  }));
+  proc.on('error', (err) => lines.push(`spawn error: ${err.message}`));
+
+  const url = `http://127.0.0.1:${httpPort}`;
+  const stop = async () => {
+    if (exited) return;
+    proc.kill('SIGTERM');
+    const timer = setTimeout(() => proc.kill('SIGKILL'), SERVER_EXIT_MS);
+    await exit;
+    clearTimeout(timer);
+  };
+  const deadline = Date.now() + SERVER_READY_MS;
+  for (;;) {
+    if (exited) {
+      throw new Error(`marquee exited early (${JSON.stringify(exited)}): ${MARQUEE_BIN} ${args.join(' ')}\n${lines.join('\n')}`);
+    }
+    try {
+      const res = await fetch(`${url}/`, { signal: AbortSignal.timeout(1_000) });
+      if (res.status === 200) break;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      await stop();
+      throw new Error(`marquee did not serve GET / with 200 within ${SERVER_READY_MS} ms\n${lines.join('\n')}`);
+    }
+    await sleep(200);
+  }
+  return { url, log: () => lines, stop };
+}
+
+/** A TCP port free right now (bound to 0, then released for the server to take). */
+function freeTcpPort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+function freeUdpPort() {
+  return new Promise((resolve, reject) => {
+    const sock = dgram.createSocket('udp4');
+    sock.on('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      const { port } = sock.address();
+      sock.close(() => resolve(port));
+    });
+  });
+}
