@@ -18,9 +18,10 @@ const ROOMS_QUEUE: usize = 1024;
 /// Room codes: 6 characters from an alphabet without look-alikes (0/O, 1/I/L), easy to read
 /// off a TV and type on a phone. 31^6 ≈ 887 million codes.
 const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
-const CODE_LEN: usize = 6;
-/// Host keys: 32 characters of the same alphabet, about 158 bits.
-const HOST_KEY_LEN: usize = 32;
+pub(crate) const CODE_LEN: usize = 6;
+/// Secret keys (host keys, party member keys): 32 characters of the same alphabet, about
+/// 158 bits.
+pub(crate) const KEY_LEN: usize = 32;
 /// Longest room code a client may choose.
 pub const MAX_ROOM_CODE: usize = 32;
 
@@ -199,7 +200,7 @@ impl Rooms {
                     None => self.unused_code(),
                 };
                 let r = self.rooms.entry(code.clone()).or_insert_with(|| Room {
-                    host_key: random_code(HOST_KEY_LEN),
+                    host_key: random_code(KEY_LEN),
                     ..Room::default()
                 });
                 if r.host.is_some() {
@@ -313,7 +314,7 @@ pub fn normalize_code(code: &str) -> Result<String, Refusal> {
 }
 
 /// `len` characters of [`CODE_ALPHABET`], uniformly random.
-fn random_code(len: usize) -> String {
+pub(crate) fn random_code(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len)
         .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)

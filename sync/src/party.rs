@@ -361,23 +361,24 @@ impl Party {
             return false;
         }
         self.last_seq = event.seq;
-        if let EventBody::State { state, .. } = &event.event.body
-            && state.version > self.state.version
-        {
-            self.state = state.clone();
-            self.dirty = true;
-            self.on_state_changed(wall, &event.event.op_id);
-            self.check_host(now, wall);
+        if let EventBody::State { state, .. } = &event.event.body {
+            self.adopt(now, wall, state.clone(), &event.event.op_id);
         }
         true
     }
 
     /// Replaces the state wholesale (a replica catching up after the store was unreachable).
     pub fn reset_state(&mut self, now: Instant, wall: UnixMillis, state: SharedState) {
+        self.adopt(now, wall, state, "");
+    }
+
+    /// Takes `state` if it is newer, then follows up: a group wait it ends or continues, a
+    /// host that is gone.
+    fn adopt(&mut self, now: Instant, wall: UnixMillis, state: SharedState, op_id: &str) {
         if state.version > self.state.version {
             self.state = state;
             self.dirty = true;
-            self.on_state_changed(wall, "");
+            self.on_state_changed(wall, op_id);
             self.check_host(now, wall);
         }
     }
