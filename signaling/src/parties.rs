@@ -23,6 +23,9 @@ const PARTIES_QUEUE: usize = 1024;
 /// 5 s, presence TTL 15 s), so a quarter second of granularity is invisible; snapshots are
 /// coalesced to at most four a second per party.
 const TICK: Duration = Duration::from_millis(250);
+/// Longest a job waits for its replica to catch up with the log (see [`PartiesHandle::with`]);
+/// after that it runs on what the replica has (the store still guards every write).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
 /// A job run against one replica inside the parties task.
 type Job = Box<dyn FnOnce(&mut Party, std::time::Instant, sync::UnixMillis) + Send>;
@@ -57,13 +60,12 @@ enum Command {
     },
     With {
         party: PartyId,
+        /// Run once the replica has applied the log up to this seq.
+        after_seq: u64,
         job: Job,
     },
     /// The store's current state of a party, read after it became reachable again.
-    Reset {
-        party: PartyId,
-        stored: Stored,
-    },
+    Reset { party: PartyId, stored: Stored },
 }
 
 impl PartiesHandle {
@@ -94,10 +96,17 @@ impl PartiesHandle {
             .await;
     }
 
-    /// Runs `f` on the party's replica; `None` when this node has no replica of it.
+    /// Runs `f` on the party's replica once it has applied the log up to `after_seq`;
+    /// `None` when this node has no replica of the party.
+    ///
+    /// A member's commit is acknowledged before the store's feed brings the event back to
+    /// the replica. A session passes the last seq it acknowledged or sent, so the member's
+    /// next command ("load", then "play" at once) is checked against a replica that has seen
+    /// the first.
     pub async fn with<R: Send + 'static>(
         &self,
         party: &PartyId,
+        after_seq: u64,
         f: impl FnOnce(&mut Party, std::time::Instant, sync::UnixMillis) -> R + Send + 'static,
     ) -> Option<R> {
         let (tx, rx) = oneshot::channel();
@@ -107,6 +116,7 @@ impl PartiesHandle {
         self.tx
             .send(Command::With {
                 party: party.clone(),
+                after_seq,
                 job,
             })
             .await
@@ -150,6 +160,8 @@ struct Replica {
     sessions: HashMap<MemberId, (SessionId, Outbox)>,
     /// A snapshot could not be delivered to every session; try again next tick.
     undelivered: bool,
+    /// Jobs waiting for the replica to reach a seq, with when they arrived.
+    waiting: Vec<(u64, Instant, Job)>,
 }
 
 impl Parties {
@@ -193,6 +205,7 @@ impl Parties {
                         party,
                         sessions: HashMap::new(),
                         undelivered: false,
+                        waiting: Vec::new(),
                     }
                 });
                 replica
@@ -249,10 +262,14 @@ impl Parties {
                     self.replicas.remove(&party);
                 }
             }
-            Command::With { party, job } => {
+            Command::With {
+                party,
+                after_seq,
+                job,
+            } => {
                 if let Some(replica) = self.replicas.get_mut(&party) {
-                    job(&mut replica.party, now.into_std(), wall);
-                    self.drain(&party);
+                    replica.waiting.push((after_seq, now, job));
+                    self.run_ready_jobs(&party, now);
                 }
             }
             Command::Reset { party, stored } => {
@@ -278,7 +295,7 @@ impl Parties {
                         outbox.party_event(event.clone());
                     }
                 }
-                self.drain(&code);
+                self.run_ready_jobs(&code, Instant::now());
             }
             Feed::Presence(code, presence) => {
                 if let Some(replica) = self.replicas.get_mut(&code) {
@@ -354,7 +371,7 @@ impl Parties {
                     self.spawn_presence(&code, presence);
                 }
             }
-            self.drain(&code);
+            self.run_ready_jobs(&code, now);
             let replica = self.replicas.get_mut(&code).expect("listed");
             if replica.party.take_dirty() || replica.undelivered {
                 let state = snapshot(&code, &replica.party, self.available);
@@ -365,6 +382,23 @@ impl Parties {
                 replica.undelivered = !all;
             }
         }
+    }
+
+    /// Runs the jobs whose replica has caught up (or that waited [`CATCH_UP_WAIT`]), in
+    /// arrival order, then carries out what they made the replica ask for.
+    fn run_ready_jobs(&mut self, code: &PartyId, now: Instant) {
+        let Some(replica) = self.replicas.get_mut(code) else {
+            return;
+        };
+        let (wall, applied) = (wall_clock::now(), replica.party.last_seq());
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut replica.waiting)
+            .into_iter()
+            .partition(|(after, since, _)| *after <= applied || now - *since >= CATCH_UP_WAIT);
+        replica.waiting = waiting;
+        for (_, _, job) in ready {
+            job(&mut replica.party, now.into_std(), wall);
+        }
+        self.drain(code);
     }
 
     /// Carries out what a replica asked for: commits and presence updates.

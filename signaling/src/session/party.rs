@@ -1,7 +1,6 @@
 //! The watch-party half of a session: join and resume, commands, chat, reports, and
 //! delivering the party log to the client exactly once and in order.
 
-use rand::Rng;
 use sync::{
     Committed, Event, MemberId, MemberRecord, MemberStatus, PartyError, PartyId, Presence,
     SharedState, StoreError, Stored, SyncReport, UnixMillis,
@@ -10,17 +9,13 @@ use sync::{
 use super::{Failure, Session};
 use crate::parties::{Delivery, Entry, classify};
 use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PartyLimits, ServerMessage};
-use crate::rooms::normalize_code;
+use crate::rooms::{CODE_LEN, KEY_LEN, normalize_code, random_code};
 use crate::wall_clock;
 
 /// Longest client op id.
 pub const MAX_OP_ID_CHARS: usize = 64;
-/// Party codes the server makes up: like room codes, 6 characters without look-alikes.
-const PARTY_CODE_LEN: usize = 6;
+/// Member ids: `m` and 12 characters; party and secret-key sizes are those of rooms.
 const MEMBER_ID_LEN: usize = 12;
-/// Member keys: 32 characters, about 158 bits.
-const MEMBER_KEY_LEN: usize = 32;
-const ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
 
 /// What a replica made of an accepted operation.
 enum Accepted {
@@ -36,6 +31,8 @@ pub(super) struct PartyMembership {
     pub member: MemberId,
     /// The last log sequence number sent to the client.
     pub last_sent: u64,
+    /// The last sequence number this session's own operations were committed as.
+    pub last_acked: u64,
 }
 
 impl Session {
@@ -281,6 +278,7 @@ impl Session {
             party: code,
             member: record.member_id,
             last_sent,
+            last_acked: 0,
         });
         Ok(replies)
     }
@@ -317,6 +315,9 @@ impl Session {
             }
             Accepted::Append(event) => store.append(&party, &event).await,
         };
+        if let (Ok(c), Some(m)) = (&committed, &mut self.party) {
+            m.last_acked = m.last_acked.max(c.seq());
+        }
         ack(op_id, committed)
     }
 
@@ -395,9 +396,13 @@ impl Session {
         + Send
         + 'static,
     ) -> Result<T, Failure> {
+        let seen = self
+            .party
+            .as_ref()
+            .map_or(0, |m| m.last_sent.max(m.last_acked));
         self.state
             .parties
-            .with(party, f)
+            .with(party, seen, f)
             .await
             .ok_or((ErrorCode::NotJoined, "not in this party anymore".to_owned()))?
             .map_err(party_failure)
@@ -423,7 +428,7 @@ async fn create_party(
     wall: UnixMillis,
 ) -> Result<(PartyId, Stored), Failure> {
     for _ in 0..8 {
-        let code = PartyId(random_code(PARTY_CODE_LEN));
+        let code = PartyId(random_code(CODE_LEN));
         let stored = Stored {
             state: SharedState::new(host.clone(), wall),
             last_seq: 0,
@@ -441,16 +446,9 @@ async fn create_party(
 fn new_member(wall: UnixMillis) -> MemberRecord {
     MemberRecord {
         member_id: MemberId(format!("m{}", random_code(MEMBER_ID_LEN).to_lowercase())),
-        key: random_code(MEMBER_KEY_LEN),
+        key: random_code(KEY_LEN),
         joined_at: wall,
     }
-}
-
-fn random_code(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
 }
 
 fn check_op_id(op_id: &str) -> Result<(), Failure> {
