@@ -10,7 +10,7 @@ use signaling::protocol::{
 };
 use sync::{Event, EventBody, PlaybackCommand, SharedState};
 
-use super::client::{ServerError, WsClient};
+use crate::live::{ServerError, WsClient};
 
 /// Every wait of a party client is bounded by this.
 pub const PARTY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -190,7 +190,7 @@ impl PartyClient {
         loop {
             match self.chat_with_op(text, &op_id).await {
                 Err(err)
-                    if super::client::server_error_code(&err) == Some(ErrorCode::RateLimited) =>
+                    if crate::live::server_error_code(&err) == Some(ErrorCode::RateLimited) =>
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }

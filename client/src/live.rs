@@ -6,7 +6,7 @@
 //!   that never wait longer than a bound ([`RECV_TIMEOUT`] by default).
 //! - [`Publisher`] and [`Subscriber`] are WebRTC peers with no signaling attached, so a test can
 //!   connect them to each other in-process. The publisher sends synthetic VP8 and Opus (see
-//!   [`super::media`]) through static RTP tracks and answers keyframe requests like an encoder;
+//!   [`crate::media`]) through static RTP tracks and answers keyframe requests like an encoder;
 //!   the subscriber records every RTP packet it receives.
 //! - [`Host`] and [`Viewer`] join a room over the WebSocket and drive a publisher or subscriber
 //!   through the server's offer/answer flow, trickling their own ICE candidates. They deref to
@@ -37,9 +37,6 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tokio_tungstenite::tungstenite::Message;
 
-use rtc::interceptor::{
-    Attribute, Interceptor, Packet as ChainPacket, Slot, StreamInfo, TaggedPacket,
-};
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_OPUS, MIME_TYPE_VP8};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -48,7 +45,6 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use webrtc::media_stream::MediaStreamTrack;
-use webrtc::media_stream::Track;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
@@ -63,11 +59,11 @@ use signaling::protocol::{
     ServerMessage,
 };
 
-use super::media::{
+use crate::media::{
     OPUS_TICKS_PER_PACKET, PayloadTag, VP8_CLOCK_RATE, is_vp8_keyframe_start, opus_payload,
     vp8_frame_payloads,
 };
-use super::relay::LossyRelay;
+use crate::relay::LossyRelay;
 
 /// How long any `recv`, connect or negotiation step waits by default before failing. Generous
 /// for loopback (everything normally takes milliseconds) so a slow CI machine does not flake,
