@@ -26,7 +26,7 @@ use std::hash::BuildHasher;
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -45,12 +45,13 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use webrtc::media_stream::MediaStreamTrack;
+use webrtc::runtime::Runtime;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
@@ -63,7 +64,7 @@ use crate::media::{
     OPUS_TICKS_PER_PACKET, PayloadTag, VP8_CLOCK_RATE, is_vp8_keyframe_start, opus_payload,
     vp8_frame_payloads,
 };
-use crate::relay::LossyRelay;
+use crate::relay::{LossyRelay, rewrite_candidates};
 
 /// How long any `recv`, connect or negotiation step waits by default before failing. Generous
 /// for loopback (everything normally takes milliseconds) so a slow CI machine does not flake,
@@ -410,9 +411,21 @@ fn message_type(message: &ServerMessage) -> &'static str {
 /// connection is closed when this is dropped.
 pub struct Peer {
     pc: Arc<dyn PeerConnection>,
+    times: Arc<PeerTimes>,
     state: watch::Receiver<RTCPeerConnectionState>,
     gathering: watch::Receiver<RTCIceGatheringState>,
     candidates: Mutex<Option<mpsc::UnboundedReceiver<RTCIceCandidateInit>>>,
+}
+
+/// Called with each remote track as it arrives, on the connection's driver: it must hand the
+/// track to a task and return.
+pub type TrackHandler = Arc<dyn Fn(Arc<dyn TrackRemote>) + Send + Sync>;
+
+/// When a peer's connection reached its milestones (the join stages a load test reports).
+#[derive(Debug, Default)]
+struct PeerTimes {
+    ice_connected: OnceLock<Instant>,
+    connected: OnceLock<Instant>,
 }
 
 impl Peer {
@@ -420,18 +433,25 @@ impl Peer {
         media_engine: MediaEngine,
         registry: Registry,
         settings: SettingEngineBuilder,
-        recorder: Option<Arc<Recorder>>,
+        on_track: Option<TrackHandler>,
+        runtime: Option<Arc<dyn Runtime>>,
     ) -> Result<Self> {
         let (candidate_tx, candidate_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
         let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
+        let times = Arc::new(PeerTimes::default());
         let handler = Arc::new(PeerHandler {
             candidates: candidate_tx,
             state: state_tx,
             gathering: gathering_tx,
-            recorder,
+            times: Arc::clone(&times),
+            on_track,
         });
-        let pc = PeerConnectionBuilder::new()
+        let builder = match runtime {
+            Some(runtime) => PeerConnectionBuilder::new().with_runtime(runtime),
+            None => PeerConnectionBuilder::new(),
+        };
+        let pc = builder
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
             .with_setting_engine(
@@ -447,6 +467,7 @@ impl Peer {
             .context("building peer connection")?;
         Ok(Self {
             pc: Arc::new(pc),
+            times,
             state,
             gathering,
             candidates: Mutex::new(Some(candidate_rx)),
@@ -460,6 +481,16 @@ impl Peer {
 
     pub fn connection_state(&self) -> RTCPeerConnectionState {
         *self.state.borrow()
+    }
+
+    /// When ICE first reported `connected`.
+    pub fn ice_connected_at(&self) -> Option<Instant> {
+        self.times.ice_connected.get().copied()
+    }
+
+    /// When the connection first reported `connected` (ICE and DTLS done, SRTP keyed).
+    pub fn connected_at(&self) -> Option<Instant> {
+        self.times.connected.get().copied()
     }
 
     /// Waits until the connection is `connected` (ICE and DTLS done); fails on `failed` or
@@ -565,7 +596,8 @@ struct PeerHandler {
     candidates: mpsc::UnboundedSender<RTCIceCandidateInit>,
     state: watch::Sender<RTCPeerConnectionState>,
     gathering: watch::Sender<RTCIceGatheringState>,
-    recorder: Option<Arc<Recorder>>,
+    times: Arc<PeerTimes>,
+    on_track: Option<TrackHandler>,
 }
 
 #[async_trait::async_trait]
@@ -583,14 +615,23 @@ impl PeerConnectionEventHandler for PeerHandler {
         self.gathering.send_replace(state);
     }
 
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Connected {
+            let _ = self.times.ice_connected.set(now());
+        }
+    }
+
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            let _ = self.times.connected.set(now());
+        }
         self.state.send_replace(state);
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
         // Runs inside the connection's driver: hand the track to a task, never block here.
-        if let Some(recorder) = &self.recorder {
-            recorder.spawn_recording(track);
+        if let Some(on_track) = &self.on_track {
+            on_track(track);
         }
     }
 }
@@ -775,7 +816,7 @@ impl Publisher {
             sfu::codecs::FEEDBACK_SLOT,
             sfu::feedback::DeliverFeedback::default(),
         );
-        let peer = Peer::build(media_engine, registry, settings, None).await?;
+        let peer = Peer::build(media_engine, registry, settings, None, None).await?;
 
         let video_ssrc = random_u32();
         let audio_ssrc = random_u32().wrapping_add(1);
@@ -999,6 +1040,18 @@ impl Publisher {
             .filter(|p| p.kind == kind)
             .cloned()
             .collect()
+    }
+
+    /// When the first transmission of the synthetic payload `(kind, frame, index)` was sent
+    /// (see [`PayloadTag`]), looking back over the last few thousand packets only: a receiver
+    /// asks about packets that are milliseconds old, and the lookup runs under the log's lock.
+    pub fn sent_at(&self, kind: MediaKind, frame: u32, index: u16) -> Option<Instant> {
+        lock(&self.shared.sent)
+            .iter()
+            .rev()
+            .take(4096)
+            .find(|p| p.kind == kind && p.tag.frame == frame && p.tag.index == index)
+            .map(|p| p.at)
     }
 
     /// Keyframes sent so far.
@@ -1359,13 +1412,50 @@ impl Recorder {
     }
 }
 
+/// How a [`Subscriber`] is built; the default is a browser-like receiver that records every
+/// packet.
+#[derive(Clone)]
+pub struct SubscriberOptions {
+    /// The `webrtc` runtime for the connection (tokio's by default). A load-test viewer passes
+    /// one whose sockets inspect packets before the stack sees them.
+    pub runtime: Option<Arc<dyn Runtime>>,
+    /// webrtc's default interceptors (NACK generator, RTCP reports, TWCC). Without them the
+    /// owner sends its own feedback with `TrackRemote::write_rtcp`.
+    pub default_interceptors: bool,
+    /// Receives each remote track instead of the built-in recorder (whose `packets` then stay
+    /// empty).
+    pub on_track: Option<TrackHandler>,
+}
+
+impl Default for SubscriberOptions {
+    fn default() -> Self {
+        Self {
+            runtime: None,
+            default_interceptors: true,
+            on_track: None,
+        }
+    }
+}
+
 impl Subscriber {
     /// Builds a receive-only peer with webrtc's default codecs and interceptors.
     pub async fn new() -> Result<Self> {
+        Self::with_options(SubscriberOptions::default()).await
+    }
+
+    pub async fn with_options(options: SubscriberOptions) -> Result<Self> {
         let mut media_engine = MediaEngine::default();
         media_engine.register_default_codecs()?;
-        let registry = register_default_interceptors(Registry::new(), &mut media_engine)?;
+        let registry = if options.default_interceptors {
+            register_default_interceptors(Registry::new(), &mut media_engine)?
+        } else {
+            Registry::new()
+        };
         let recorder = Arc::new(Recorder::new());
+        let on_track = options.on_track.unwrap_or_else(|| {
+            let recorder = Arc::clone(&recorder);
+            Arc::new(move |track| recorder.spawn_recording(track))
+        });
         // webrtc's default answer is `a=setup:passive`. Answering `active` (as browsers do) is
         // faster, but this stack installs its SRTP keys a step after its DTLS Finished and
         // drops the SFU's first packets (the keyframe). As DTLS server it finishes first.
@@ -1374,7 +1464,8 @@ impl Subscriber {
             media_engine,
             registry,
             settings,
-            Some(Arc::clone(&recorder)),
+            Some(on_track),
+            options.runtime,
         )
         .await?;
         Ok(Self { peer, recorder })
@@ -1646,12 +1737,27 @@ impl Deref for Host {
 
 // ── Viewer ───────────────────────────────────────────────────────────────────────────────────
 
+/// The signaling milestones of a viewer's join; the media ones are on its [`Peer`].
+#[derive(Debug, Clone, Copy)]
+pub struct JoinTimes {
+    /// Before the subscriber was built and the WebSocket dialed.
+    pub started: Instant,
+    /// The WebSocket handshake completed (`join` is sent right after).
+    pub ws_open: Instant,
+    /// `joined` arrived.
+    pub joined: Instant,
+}
+
 /// How a [`Viewer`] joins.
 #[derive(Clone)]
 pub struct ViewerOptions {
     pub name: String,
     /// Route media through this relay: every server offer's candidate is rewritten to it.
     pub relay: Option<Arc<LossyRelay>>,
+    /// Route media through this address (a relay of the caller's): every server offer's
+    /// candidates are rewritten to it.
+    pub route_via: Option<SocketAddr>,
+    pub subscriber: SubscriberOptions,
     /// Send an empty `candidate` (end of candidates) when gathering completes.
     pub end_of_candidates: bool,
 }
@@ -1661,6 +1767,8 @@ impl Default for ViewerOptions {
         Self {
             name: "viewer".to_owned(),
             relay: None,
+            route_via: None,
+            subscriber: SubscriberOptions::default(),
             end_of_candidates: true,
         }
     }
@@ -1676,7 +1784,7 @@ pub struct Viewer {
     sender: WsSender,
     messages: WsReceiver,
     joined: Joined,
-    join_sent_at: Instant,
+    times: JoinTimes,
     _tasks: TaskGuard,
     _ws_tasks: TaskGuard,
 }
@@ -1706,9 +1814,10 @@ impl Viewer {
     /// Joins and returns at `joined`; media negotiation continues in the background (wait for
     /// it with `wait_connected` or `wait_for`).
     pub async fn join_with(server: SocketAddr, room: &str, options: ViewerOptions) -> Result<Self> {
-        let subscriber = Arc::new(Subscriber::new().await?);
+        let started = now();
+        let subscriber = Arc::new(Subscriber::with_options(options.subscriber.clone()).await?);
         let mut ws = WsClient::connect(server).await?;
-        let join_sent_at = now();
+        let ws_open = now();
         ws.send(&ClientMessage::Join {
             version: PROTOCOL_VERSION,
             room: Some(room.to_owned()),
@@ -1730,6 +1839,11 @@ impl Viewer {
                 },
             }
         };
+        let times = JoinTimes {
+            started,
+            ws_open,
+            joined: now(),
+        };
         let (sender, receiver, ws_tasks) = ws.into_parts();
         let (forward_tx, forward_rx) = mpsc::unbounded_channel();
         let negotiation = tokio::spawn(answer_offers(
@@ -1745,7 +1859,7 @@ impl Viewer {
             sender,
             messages: WsReceiver { rx: forward_rx },
             joined,
-            join_sent_at,
+            times,
             _tasks: TaskGuard(vec![negotiation]),
             _ws_tasks: ws_tasks,
         })
@@ -1757,7 +1871,12 @@ impl Viewer {
 
     /// When `join` was sent: the start of join-to-first-frame measurements.
     pub fn join_sent_at(&self) -> Instant {
-        self.join_sent_at
+        self.times.ws_open
+    }
+
+    /// When the join started, the WebSocket opened and `joined` arrived.
+    pub fn join_times(&self) -> JoinTimes {
+        self.times
     }
 
     pub fn sender(&self) -> WsSender {
@@ -1840,9 +1959,10 @@ async fn answer_offers(
         };
         if let Ok(ServerMessage::Offer { sdp }) = &item {
             let answered = async {
-                let offer = match &options.relay {
-                    Some(relay) => relay.rewrite_offer(sdp)?,
-                    None => sdp.clone(),
+                let offer = match (&options.relay, options.route_via) {
+                    (Some(relay), _) => relay.rewrite_offer(sdp)?,
+                    (None, Some(via)) => rewrite_candidates(sdp, via).0,
+                    (None, None) => sdp.clone(),
                 };
                 let answer = subscriber.answer(&offer).await?;
                 sender.send(&ClientMessage::Answer {

@@ -2,7 +2,7 @@
 //! spot if one arrives twice or out of order: "exactly once, in order" is checked on every
 //! message of every test, not only where a test remembers to look.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use signaling::protocol::{
@@ -24,6 +24,10 @@ pub struct PartyClient {
     pub history_complete: bool,
     /// Every event received, in the order received (checked to be strictly increasing).
     pub events: Vec<Event>,
+    /// When each of `events` arrived (same index).
+    pub event_times: Vec<Instant>,
+    /// Replies to `timeProbe`s, with when they arrived.
+    pub time_replies: Vec<(f64, f64, f64, Instant)>,
     /// The latest snapshot.
     pub state: Option<PartyState>,
     /// The newest shared state, from events or snapshots.
@@ -97,6 +101,8 @@ impl PartyClient {
             resumed,
             history_complete,
             events: Vec::new(),
+            event_times: Vec::new(),
+            time_replies: Vec::new(),
             state: None,
             shared: None,
             next_op: 0,
@@ -282,6 +288,20 @@ impl PartyClient {
         self.pump_until(|c, _| done(c)).await
     }
 
+    /// Receives (recording events and snapshots) until `deadline`; silence is not an error.
+    pub async fn pump_until_instant(&mut self, deadline: tokio::time::Instant) -> Result<()> {
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            match tokio::time::timeout(left, self.ws.recv()).await {
+                Err(_) => return Ok(()),
+                Ok(message) => self.absorb(&message?)?,
+            }
+        }
+    }
+
     /// Receives messages (recording events and snapshots) until `stop(self, message)` holds.
     async fn pump_until(
         &mut self,
@@ -320,6 +340,10 @@ impl PartyClient {
                     self.take_state(state);
                 }
                 self.events.push(event.clone());
+                self.event_times.push(now());
+            }
+            ServerMessage::TimeReply { t0, t1, t2 } => {
+                self.time_replies.push((*t0, *t1, *t2, now()));
             }
             ServerMessage::PartyState(snapshot) => {
                 self.take_state(&snapshot.state);
@@ -338,4 +362,9 @@ impl PartyClient {
     pub fn drop_connection(self) {
         drop(self.ws);
     }
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
 }

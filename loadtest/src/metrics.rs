@@ -142,7 +142,12 @@ impl Histograms {
         } else {
             0
         };
-        self.histogram(metric).saturating_record(scaled);
+        let histogram = self.histogram(metric);
+        // `record` grows an auto-resizing histogram; `saturating_record` would clamp at its
+        // current (initially tiny) range.
+        if histogram.record(scaled).is_err() {
+            histogram.saturating_record(scaled);
+        }
     }
 
     /// Records a duration for a metric in ms.

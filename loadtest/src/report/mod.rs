@@ -92,6 +92,10 @@ pub struct Counts {
     pub packets_recovered: u64,
     pub nacks_sent: u64,
     pub freezes: u64,
+    /// Signaling-only clients (WebSocket join, no media).
+    pub signaling_planned: u64,
+    pub signaling_joined: u64,
+    pub signaling_failed: u64,
     pub parties: u64,
     pub members_joined: u64,
     pub members_failed: u64,

@@ -1,0 +1,369 @@
+//! One load-test viewer: a real WebRTC peer (ICE, DTLS, SRTP by the `webrtc` crate) joining a
+//! live event through Marquee's protocol, made cheap by the [`tap`](crate::tap).
+//!
+//! The viewer joins, waits for its first keyframe, then watches until told to leave, sending
+//! NACKs for the gaps its tap sees. Join stages are measured from the moment it started.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use signaling::protocol::MediaKind;
+use webrtc::peer_connection::RTCPeerConnectionState;
+use marquee_client::{
+    Host, PayloadTag, SubscriberOptions, TrackHandler, Viewer, ViewerOptions,
+    is_vp8_keyframe_start,
+};
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
+    TransportLayerNack, nack_pairs_from_sequence_numbers,
+};
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use tokio::sync::watch;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use crate::metrics::{Histograms, Metric};
+use crate::tap::{Tap, TapRuntime};
+
+/// Shared by every recorder of a run; recorded at sample rate, so the lock is cold.
+pub type SharedHistograms = Arc<Mutex<Histograms>>;
+
+/// How a NACK is repeated while the packet stays missing.
+const NACK_RETRY: Duration = Duration::from_millis(100);
+
+/// What a viewer needs to know to join.
+#[derive(Clone)]
+pub struct ViewerSetup {
+    pub server: std::net::SocketAddr,
+    pub room: String,
+    pub name: String,
+    /// Pass one RTP packet in this many to the WebRTC stack once media flows.
+    pub sample_every: u32,
+    /// Send media through this relay instead of straight to the server.
+    pub route_via: Option<std::net::SocketAddr>,
+    /// Give up on a join that has not shown a keyframe by then.
+    pub join_timeout: Duration,
+    /// The synthetic host, to look up when a sampled packet was sent (end-to-end latency).
+    pub host: Option<Arc<Host>>,
+    pub histograms: SharedHistograms,
+}
+
+/// The join stages, each measured from the viewer's start.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct JoinStages {
+    pub ws_open: Option<Duration>,
+    pub joined: Option<Duration>,
+    pub ice: Option<Duration>,
+    pub dtls: Option<Duration>,
+    pub first_rtp: Option<Duration>,
+    pub first_keyframe: Option<Duration>,
+}
+
+impl JoinStages {
+    pub fn record(&self, h: &mut Histograms) {
+        for (metric, value) in [
+            (Metric::JoinWsOpen, self.ws_open),
+            (Metric::JoinJoined, self.joined),
+            (Metric::JoinIce, self.ice),
+            (Metric::JoinDtls, self.dtls),
+            (Metric::JoinFirstRtp, self.first_rtp),
+            (Metric::Join, self.first_keyframe),
+        ] {
+            if let Some(value) = value {
+                h.record_duration(metric, value);
+            }
+        }
+    }
+}
+
+/// What one viewer saw, reported when it is done.
+#[derive(Debug, Clone, Default)]
+pub struct ViewerOutcome {
+    pub stages: JoinStages,
+    /// Why the join failed (or the viewer broke off), naming the stage.
+    pub failure: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub passed: u64,
+    pub authenticated: u64,
+    pub video_expected: u64,
+    pub video_lost: u64,
+    pub recovered: u64,
+    pub freezes: u64,
+    pub nacks_sent: u64,
+    pub jitter_ms: Option<f64>,
+    pub bitrate_kbps: Option<f64>,
+}
+
+impl ViewerOutcome {
+    pub fn joined(&self) -> bool {
+        self.stages.joined.is_some()
+    }
+
+    pub fn has_media(&self) -> bool {
+        self.stages.first_keyframe.is_some()
+    }
+}
+
+/// The live part of a running viewer the run reads for its progress line.
+pub struct ViewerLive {
+    pub tap: Arc<Tap>,
+}
+
+/// What the track readers learn, shared with the viewer task.
+#[derive(Default)]
+struct Tracks {
+    video: Option<(u32, Arc<dyn TrackRemote>)>,
+    first_keyframe: Option<Instant>,
+    authenticated: u64,
+}
+
+/// Runs one viewer: join, watch until `leave` turns true (or the connection fails), leave.
+/// `live` receives the tap as soon as it exists.
+pub async fn run(
+    setup: ViewerSetup,
+    mut leave: watch::Receiver<bool>,
+    live: impl FnOnce(ViewerLive),
+) -> ViewerOutcome {
+    let started = now();
+    let tap = Tap::new(setup.sample_every);
+    live(ViewerLive {
+        tap: Arc::clone(&tap),
+    });
+    let tracks = Arc::new(Mutex::new(Tracks::default()));
+    let keyframe = Arc::new(tokio::sync::Notify::new());
+    let on_track: TrackHandler = {
+        let (tap, tracks, keyframe) = (Arc::clone(&tap), Arc::clone(&tracks), Arc::clone(&keyframe));
+        let (host, histograms) = (setup.host.clone(), Arc::clone(&setup.histograms));
+        Arc::new(move |track| {
+            tokio::spawn(read_track(
+                track,
+                Arc::clone(&tap),
+                Arc::clone(&tracks),
+                Arc::clone(&keyframe),
+                host.clone(),
+                Arc::clone(&histograms),
+            ));
+        })
+    };
+    let options = ViewerOptions {
+        name: setup.name.clone(),
+        route_via: setup.route_via,
+        subscriber: SubscriberOptions {
+            runtime: Some(TapRuntime::new(Arc::clone(&tap))),
+            default_interceptors: false,
+            on_track: Some(on_track),
+        },
+        ..ViewerOptions::default()
+    };
+    let mut outcome = ViewerOutcome::default();
+    let since = |at: Instant| at.saturating_duration_since(started);
+    let joined = tokio::time::timeout(
+        setup.join_timeout,
+        Viewer::join_with(setup.server, &setup.room, options),
+    )
+    .await;
+    let viewer = match joined {
+        Ok(Ok(viewer)) => viewer,
+        Ok(Err(err)) => {
+            outcome.failure = Some(format!("join: {err:#}"));
+            return outcome;
+        }
+        Err(_) => {
+            outcome.failure = Some(format!("join: no `joined` within {:?}", setup.join_timeout));
+            return outcome;
+        }
+    };
+    let times = viewer.join_times();
+    outcome.stages.ws_open = Some(since(times.ws_open));
+    outcome.stages.joined = Some(since(times.joined));
+
+    // Media: wait for the first keyframe, bounded by what is left of the join timeout.
+    let deadline = started + setup.join_timeout;
+    let got_keyframe = tokio::select! {
+        _ = wait_keyframe(&tracks, &keyframe) => true,
+        _ = tokio::time::sleep_until(deadline.into()) => false,
+        _ = leave.wait_for(|l| *l) => false,
+    };
+    outcome.stages.ice = viewer.peer().ice_connected_at().map(since);
+    outcome.stages.dtls = viewer.peer().connected_at().map(since);
+    outcome.stages.first_rtp = tap.state().first_rtp.map(since);
+    if got_keyframe {
+        outcome.stages.first_keyframe = lock(&tracks).first_keyframe.map(since);
+        watch_until_leave(&viewer, &tap, &tracks, &mut leave, &mut outcome).await;
+    } else if !*leave.borrow() {
+        let reached = match (
+            outcome.stages.ice,
+            outcome.stages.dtls,
+            outcome.stages.first_rtp,
+        ) {
+            (None, _, _) => "ICE connected",
+            (_, None, _) => "DTLS connected",
+            (_, _, None) => "first RTP",
+            _ => "first keyframe",
+        };
+        outcome.failure = Some(format!(
+            "no {reached} within {:?} (connection {})",
+            setup.join_timeout,
+            viewer.connection_state()
+        ));
+    }
+    collect(&tap, &tracks, &mut outcome);
+    let _ = tokio::time::timeout(Duration::from_secs(2), viewer.close()).await;
+    outcome
+}
+
+async fn wait_keyframe(tracks: &Mutex<Tracks>, keyframe: &tokio::sync::Notify) {
+    loop {
+        let notified = keyframe.notified();
+        if lock(tracks).first_keyframe.is_some() {
+            return;
+        }
+        notified.await;
+    }
+}
+
+/// The watching phase: NACK what is missing until told to leave or the connection ends.
+async fn watch_until_leave(
+    viewer: &Viewer,
+    tap: &Tap,
+    tracks: &Mutex<Tracks>,
+    leave: &mut watch::Receiver<bool>,
+    outcome: &mut ViewerOutcome,
+) {
+    loop {
+        let next = {
+            let video = lock(tracks).video.as_ref().map(|(ssrc, _)| *ssrc);
+            video.and_then(|ssrc| tap.state().stream(ssrc).and_then(|s| s.poll_timeout()))
+        };
+        let wake = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = leave.wait_for(|l| *l) => return,
+            ended = viewer.peer().wait_state(Duration::from_secs(7 * 86_400), RTCPeerConnectionState::Closed) => {
+                outcome.failure = Some(format!("connection ended while watching: {}", match ended {
+                    Ok(()) => "closed".to_owned(),
+                    Err(err) => format!("{err:#}"),
+                }));
+                return;
+            }
+            _ = tap.gap_detected() => {}
+            _ = wake => {}
+        }
+        if let Err(err) = send_nacks(tap, tracks, outcome).await {
+            outcome.failure = Some(format!("watching: {err:#}"));
+            return;
+        }
+    }
+}
+
+async fn send_nacks(tap: &Tap, tracks: &Mutex<Tracks>, outcome: &mut ViewerOutcome) -> Result<()> {
+    let Some((ssrc, track)) = lock(tracks).video.clone() else {
+        return Ok(());
+    };
+    let seqs = match tap.state().stream_mut(ssrc) {
+        Some(stream) => stream.poll_nacks(now(), NACK_RETRY),
+        None => return Ok(()),
+    };
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    outcome.nacks_sent += 1;
+    track
+        .write_rtcp(vec![Box::new(TransportLayerNack {
+            sender_ssrc: 0,
+            media_ssrc: ssrc,
+            nacks: nack_pairs_from_sequence_numbers(&seqs),
+        })])
+        .await
+        .context("sending NACK")
+}
+
+/// Reads what the stack delivers of one track: the sampled, authenticated packets.
+async fn read_track(
+    track: Arc<dyn TrackRemote>,
+    tap: Arc<Tap>,
+    tracks: Arc<Mutex<Tracks>>,
+    keyframe: Arc<tokio::sync::Notify>,
+    host: Option<Arc<Host>>,
+    histograms: SharedHistograms,
+) {
+    let kind = match track.kind().await {
+        RtpCodecKind::Video => MediaKind::Video,
+        RtpCodecKind::Audio => MediaKind::Audio,
+        _ => return,
+    };
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            if matches!(event, TrackRemoteEvent::OnEnded) {
+                break;
+            }
+            continue;
+        };
+        let at = now();
+        let ssrc = packet.header.ssrc;
+        {
+            let mut t = lock(&tracks);
+            t.authenticated += 1;
+            if kind == MediaKind::Video && t.video.is_none() {
+                t.video = Some((ssrc, Arc::clone(&track)));
+                if let Some(stream) = tap.state().stream_mut(ssrc) {
+                    stream.set_clock_rate(90_000);
+                }
+            }
+            if kind == MediaKind::Video
+                && t.first_keyframe.is_none()
+                && is_vp8_keyframe_start(&packet.payload)
+            {
+                t.first_keyframe = Some(at);
+                tap.start_sampling();
+                keyframe.notify_waiters();
+            }
+        }
+        if let (Some(host), Some(tag)) = (&host, PayloadTag::parse(&packet.payload))
+            && let Some(sent) = host.sent_at(tag.kind, tag.frame, tag.index)
+        {
+            lock(&histograms).record_duration(Metric::E2eLatency, at.saturating_duration_since(sent));
+        }
+    }
+}
+
+fn collect(tap: &Tap, tracks: &Mutex<Tracks>, outcome: &mut ViewerOutcome) {
+    let t = lock(tracks);
+    outcome.authenticated = t.authenticated;
+    let video_ssrc = t.video.as_ref().map(|(ssrc, _)| *ssrc);
+    drop(t);
+    let state = tap.state();
+    outcome.passed = state.passed;
+    for stream in &state.streams {
+        outcome.packets += stream.packets;
+        outcome.bytes += stream.bytes;
+        if Some(stream.ssrc) == video_ssrc {
+            outcome.video_expected = stream.expected();
+            outcome.video_lost = stream.lost();
+            outcome.recovered = stream.recovered;
+            outcome.freezes = stream.freezes;
+            outcome.jitter_ms = stream.jitter_ms();
+        }
+    }
+    let span = state
+        .streams
+        .iter()
+        .map(|s| s.last_at().saturating_duration_since(s.first_at()))
+        .max()
+        .unwrap_or_default();
+    outcome.bitrate_kbps =
+        (span > Duration::ZERO).then(|| outcome.bytes as f64 * 8.0 / span.as_secs_f64() / 1000.0);
+}
+
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
