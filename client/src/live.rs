@@ -91,7 +91,12 @@ pub struct ServerError(pub ErrorBody);
 
 impl std::fmt::Display for ServerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "server error {:?}: {}", self.0.code, self.0.message)
+        // The wire code (`room_not_found`), which is what users look up in docs/protocol.md.
+        let code = serde_json::to_value(self.0.code)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{:?}", self.0.code));
+        write!(f, "server error {code}: {}", self.0.message)
     }
 }
 

@@ -532,6 +532,7 @@ impl ImpairedRelay {
         self.server
     }
 
+    /// Counts since start, summed over all clients (forgotten ones included).
     pub fn stats(&self) -> RelayStats {
         let counters = &self.counters;
         RelayStats {
@@ -628,19 +629,24 @@ impl UpDirection {
                     let now = clock_now();
                     let client = match clients.entry(from) {
                         Entry::Occupied(entry) => entry.into_mut(),
-                        Entry::Vacant(entry) => match self.new_client(from, next_index, epoch, now) {
-                            Ok(client) => {
-                                next_index += 1;
-                                self.counters.clients_total.fetch_add(1, AtomicOrdering::Relaxed);
-                                self.counters.clients.fetch_add(1, AtomicOrdering::Relaxed);
-                                entry.insert(client)
+                        Entry::Vacant(entry) => {
+                            match self.new_client(from, next_index, epoch, now) {
+                                Ok(client) => {
+                                    next_index += 1;
+                                    let counters = &self.counters;
+                                    counters.clients_total.fetch_add(1, AtomicOrdering::Relaxed);
+                                    counters.clients.fetch_add(1, AtomicOrdering::Relaxed);
+                                    entry.insert(client)
+                                }
+                                Err(error) => {
+                                    tracing::warn!(
+                                        %from, %error, "relay: no upstream socket for a new client"
+                                    );
+                                    self.count_overflow();
+                                    continue;
+                                }
                             }
-                            Err(error) => {
-                                tracing::warn!(%from, %error, "relay: no upstream socket for a new client");
-                                self.counters.dropped_overflow.fetch_add(1, AtomicOrdering::Relaxed);
-                                continue;
-                            }
-                        },
+                        }
                     };
                     client.last_up = now;
                     let verdict = client.up.judge(now, len);
@@ -656,7 +662,7 @@ impl UpDirection {
                                 data: buf[..len].to_vec(),
                             };
                             if pending.try_push(at, datagram).is_err() {
-                                self.counters.dropped_overflow.fetch_add(1, AtomicOrdering::Relaxed);
+                                self.count_overflow();
                             }
                         }
                         Verdict::Loss | Verdict::QueueFull => {}
@@ -665,9 +671,9 @@ impl UpDirection {
                 _ = sweep.tick() => {
                     let now = clock_now();
                     clients.retain(|_, client| {
-                        let last_down =
-                            epoch + Duration::from_nanos(client.last_down_ns.load(AtomicOrdering::Relaxed));
-                        now.saturating_duration_since(client.last_up.max(last_down)) < self.idle_timeout
+                        let last_down_ns = client.last_down_ns.load(AtomicOrdering::Relaxed);
+                        let last = client.last_up.max(epoch + Duration::from_nanos(last_down_ns));
+                        now.saturating_duration_since(last) < self.idle_timeout
                     });
                     self.counters.clients.store(clients.len(), AtomicOrdering::Relaxed);
                 }
@@ -718,6 +724,12 @@ impl UpDirection {
             last_down_ns,
             down_task: tokio::spawn(down.run()),
         })
+    }
+
+    fn count_overflow(&self) {
+        self.counters
+            .dropped_overflow
+            .fetch_add(1, AtomicOrdering::Relaxed);
     }
 
     /// Awaits writability rather than `try_send`, which tokio refuses on a socket the
@@ -773,7 +785,8 @@ impl DownDirection {
                         Verdict::Pass(at) if at <= now => self.send_down(&buf[..len]).await,
                         Verdict::Pass(at) => {
                             if pending.try_push(at, buf[..len].to_vec()).is_err() {
-                                self.counters.dropped_overflow.fetch_add(1, AtomicOrdering::Relaxed);
+                                let overflow = &self.counters.dropped_overflow;
+                                overflow.fetch_add(1, AtomicOrdering::Relaxed);
                             }
                         }
                         Verdict::Loss | Verdict::QueueFull => {}
@@ -1446,66 +1459,4 @@ mod tests {
         assert!(relay.route_sdp(&elsewhere).is_err());
         assert!(relay.route_sdp("v=0\r\n").is_err());
     }
-}
-
-#[cfg(test)]
-mod bench_tmp {
-    use super::*;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore]
-    async fn throughput() {
-        for config in [
-            Impairment::default(),
-            Impairment { loss_pct: 1.0, delay_ms: 20.0, jitter_ms: 5.0, ..Impairment::default() },
-        ] {
-            let server = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-            let relay = ImpairedRelay::start(server.local_addr().unwrap(), config.clone()).await.unwrap();
-            let mut clients = Vec::new();
-            let mut upstreams = Vec::new();
-            let mut buf = [0u8; 2048];
-            for _ in 0..200 {
-                let c = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-                c.connect(relay.addr()).await.unwrap();
-                c.send(b"hi").await.unwrap();
-                let (_, from) = server.recv_from(&mut buf).await.unwrap();
-                upstreams.push(from);
-                clients.push(Arc::new(c));
-            }
-            let received = Arc::new(AtomicU64::new(0));
-            for c in &clients {
-                let c = Arc::clone(c);
-                let received = Arc::clone(&received);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 2048];
-                    while c.recv(&mut buf).await.is_ok() {
-                        received.fetch_add(1, AtomicOrdering::Relaxed);
-                    }
-                });
-            }
-            let start = tokio::time::Instant::now();
-            let payload = [0x80u8; 1200];
-            let total = 200_000u64;
-            let mut interval = tokio::time::interval(ms(1));
-            let mut sent = 0u64;
-            // 50 datagrams per ms = 50k/s.
-            while sent < total {
-                interval.tick().await;
-                for _ in 0..50 {
-                    let _ = server.send_to(&payload, upstreams[(sent % 200) as usize]).await;
-                    sent += 1;
-                }
-            }
-            let send_time = start.elapsed();
-            tokio::time::sleep(ms(500)).await;
-            let stats = relay.stats();
-            println!(
-                "{config:?}: sent {sent} in {send_time:?}; relay down {:?}; clients received {}",
-                stats.down,
-                received.load(AtomicOrdering::Relaxed)
-            );
-        }
-    }
-
-    fn ms(v: u64) -> Duration { Duration::from_millis(v) }
 }

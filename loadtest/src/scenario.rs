@@ -383,6 +383,24 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_scenario_files_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let scenario = Scenario::from_file(&path).unwrap();
+            scenario
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            for (key, limit) in &scenario.slo {
+                crate::slo::check(key, *limit).unwrap();
+            }
+            seen += 1;
+        }
+        assert!(seen >= 4, "{seen} scenario files");
+    }
+
+    #[test]
     fn unknown_fields_and_bad_types_are_refused() {
         let err = toml::from_str::<Scenario>("[spike]\nviewrs = 10\n").unwrap_err();
         assert!(err.to_string().contains("viewrs"), "{err}");

@@ -32,10 +32,6 @@ use webrtc::runtime::{
 
 use crate::stream::{Arrival, RtpHeader, StreamStats};
 
-/// Datagrams one `poll_recv` may consume without returning, before it yields so that other
-/// viewers on the same worker get a turn.
-const BUDGET: usize = 256;
-
 /// What the tap has seen, shared between the socket (writer) and the viewer (reader).
 pub struct Tap {
     sample_every: u64,
@@ -153,10 +149,10 @@ impl Runtime for TapRuntime {
 
     fn wrap_udp_socket(&self, socket: std::net::UdpSocket) -> io::Result<Arc<dyn AsyncUdpSocket>> {
         socket.set_nonblocking(true)?;
-        Ok(Arc::new(TapSocket {
-            io: tokio::net::UdpSocket::from_std(socket)?,
-            tap: Arc::clone(&self.tap),
-        }))
+        Ok(Arc::new(TapSocket::new(
+            tokio::net::UdpSocket::from_std(socket)?,
+            Arc::clone(&self.tap),
+        )))
     }
 
     fn wrap_tcp_listener(
@@ -205,11 +201,78 @@ impl Runtime for TapRuntime {
     }
 }
 
-/// A plain (no GSO/GRO) UDP socket that shows each datagram to the [`Tap`] and returns to the
-/// stack only those it should see. Consumed datagrams never wake the stack's driver.
+/// A plain (no GSO/GRO) UDP socket with its own reader task: the reader shows each datagram
+/// to the [`Tap`] and queues for the stack only those it should see. The stack's driver (a
+/// far heavier task) is woken only for those, not for every media packet.
 pub struct TapSocket {
-    io: tokio::net::UdpSocket,
-    tap: Arc<Tap>,
+    io: Arc<tokio::net::UdpSocket>,
+    inbox: Arc<Mutex<Inbox>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Datagrams for the stack, and the stack's waker while it waits for one.
+#[derive(Default)]
+struct Inbox {
+    queue: std::collections::VecDeque<(Vec<u8>, SocketAddr)>,
+    waker: Option<std::task::Waker>,
+    error: Option<io::ErrorKind>,
+}
+
+/// Datagrams for the stack that may wait in the inbox; more means the stack stalled, and
+/// dropping is what the network would do.
+const INBOX_LIMIT: usize = 1024;
+
+impl TapSocket {
+    fn new(io: tokio::net::UdpSocket, tap: Arc<Tap>) -> Self {
+        let io = Arc::new(io);
+        let inbox = Arc::new(Mutex::new(Inbox::default()));
+        let reader = tokio::spawn(read_datagrams(Arc::clone(&io), tap, Arc::clone(&inbox)));
+        Self { io, inbox, reader }
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Drop for TapSocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The reader: drain the socket whenever it is readable, one tap lookup per datagram.
+async fn read_datagrams(io: Arc<tokio::net::UdpSocket>, tap: Arc<Tap>, inbox: Arc<Mutex<Inbox>>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        if let Err(e) = io.readable().await {
+            let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.error = Some(e.kind());
+            if let Some(waker) = inbox.waker.take() {
+                waker.wake();
+            }
+            return;
+        }
+        loop {
+            match io.try_recv_from(&mut buf) {
+                Ok((len, addr)) => {
+                    let now = tokio::time::Instant::now().into_std();
+                    if tap.inspect(&buf[..len], now) {
+                        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
+                        if inbox.queue.len() < INBOX_LIMIT {
+                            inbox.queue.push_back((buf[..len].to_vec(), addr));
+                        }
+                        if let Some(waker) = inbox.waker.take() {
+                            waker.wake();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP errors (a closed peer port) surface here; they are per-datagram.
+                Err(_) => continue,
+            }
+        }
+    }
 }
 
 impl fmt::Debug for TapSocket {
@@ -235,33 +298,28 @@ impl AsyncUdpSocket for TapSocket {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let (Some(buf), Some(out)) = (bufs.first_mut(), meta.first_mut()) else {
-            return Poll::Ready(Ok(0));
-        };
-        for _ in 0..BUDGET {
-            match self.io.poll_recv_ready(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) => {}
-            }
-            match self.io.try_recv_from(buf) {
-                Ok((len, addr)) => {
-                    if self.tap.inspect(&buf[..len], tokio::time::Instant::now().into_std()) {
-                        out.addr = addr;
-                        out.len = len;
-                        out.stride = len.max(1);
-                        out.ecn = None;
-                        out.dst_ip = None;
-                        return Poll::Ready(Ok(1));
-                    }
-                }
-                // Readiness was stale; the next `poll_recv_ready` registers the waker.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        let mut inbox = self.inbox();
+        let mut n = 0;
+        for (buf, out) in bufs.iter_mut().zip(meta.iter_mut()) {
+            let Some((datagram, addr)) = inbox.queue.pop_front() else {
+                break;
+            };
+            let len = datagram.len().min(buf.len());
+            buf[..len].copy_from_slice(&datagram[..len]);
+            out.addr = addr;
+            out.len = len;
+            out.stride = len.max(1);
+            out.ecn = None;
+            out.dst_ip = None;
+            n += 1;
         }
-        // Budget spent on datagrams the stack did not need: come back after others ran.
-        cx.waker().wake_by_ref();
+        if n > 0 {
+            return Poll::Ready(Ok(n));
+        }
+        if let Some(kind) = inbox.error.take() {
+            return Poll::Ready(Err(kind.into()));
+        }
+        inbox.waker = Some(cx.waker().clone());
         Poll::Pending
     }
 }

@@ -265,6 +265,6 @@ impl Report {
 }
 
 /// A metric's summary by name, for tests and the table.
-pub fn find<'a>(metrics: &'a [MetricReport], metric: Metric) -> Option<&'a MetricReport> {
+pub fn find(metrics: &[MetricReport], metric: Metric) -> Option<&MetricReport> {
     metrics.iter().find(|m| m.name == metric.name())
 }

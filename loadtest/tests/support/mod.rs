@@ -1,0 +1,69 @@
+//! An in-process `marquee` to load, and the `loadtest` binary run as a user runs it.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use signaling::{AppState, ServerConfig};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub struct Server {
+    pub http: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Server {
+    pub async fn start() -> Server {
+        let config = ServerConfig {
+            http: "127.0.0.1:0".parse().unwrap(),
+            udp: "127.0.0.1:0".parse().unwrap(),
+            room_state_interval: Duration::from_millis(200),
+            ..ServerConfig::default()
+        };
+        let listener = TcpListener::bind(config.http).await.expect("bind http");
+        let http = listener.local_addr().unwrap();
+        let state = AppState::start(config).await.expect("start server");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(signaling::run(listener, state, async move {
+            let _ = stopped.await;
+        }));
+        Server {
+            http,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Runs the `loadtest` binary with `args` (bounded in time) and returns its output.
+pub async fn loadtest(args: &[&str]) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
+    command.args(args).arg("--no-progress").kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("loadtest finished within 180 s")
+        .expect("loadtest ran");
+    eprintln!(
+        "loadtest {args:?} exited {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).expect("report written");
+    serde_json::from_str(&text).expect("report is JSON")
+}
