@@ -45,15 +45,16 @@ use rtc::rtp_transceiver::rtp_sender::{
     RtpCodecKind,
 };
 use webrtc::media_stream::MediaStreamTrack;
-use webrtc::runtime::Runtime;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
-    RTCSessionDescription, Registry, SettingEngineBuilder, register_default_interceptors,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    register_default_interceptors,
 };
+use webrtc::runtime::Runtime;
 
 use signaling::protocol::{
     ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaKind, PROTOCOL_VERSION, Role,

@@ -36,7 +36,7 @@ pub struct Args {
     pub server_pid: Option<u32>,
 
     /// Spike: number of viewers of the live event.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub viewers: Option<u64>,
     /// Arrival curve: step | ramp:SECONDS | poisson:BURSTS_PER_S[xBURST].
     #[arg(long, allow_hyphen_values = true)]
@@ -54,17 +54,17 @@ pub struct Args {
     #[arg(long, allow_hyphen_values = true)]
     pub bitrate_kbps: Option<f64>,
     /// Pass one packet in N to the WebRTC stack (1 = full-cost viewers).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub sample_every: Option<u32>,
     /// Seconds a viewer may take from start to its first keyframe.
     #[arg(long, allow_hyphen_values = true)]
     pub join_timeout: Option<f64>,
 
     /// Watch parties: how many.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub parties: Option<u64>,
     /// Members per party.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub members: Option<u64>,
     /// Seconds the parties run.
     #[arg(long, allow_hyphen_values = true)]
@@ -77,14 +77,14 @@ pub struct Args {
     pub chat_rate: Option<f64>,
 
     /// Churn: connect → media → close cycles.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub churn: Option<u64>,
     /// Churn cycles running at once.
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub churn_concurrency: Option<u64>,
 
     /// Signaling only: WebSocket clients joining with no media (uses --arrival and --hold).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub signaling: Option<u64>,
 
     /// Impairment: random loss in percent, each direction.
@@ -301,7 +301,10 @@ pub async fn execute(args: &Args, scenario: &Scenario) -> u8 {
     let report = crate::run::run(scenario, server, !args.no_progress).await;
     println!("{}", table::render(&report));
     for (path, write) in [
-        (&args.json, crate::report::Report::write_json as fn(&_, &_) -> Result<()>),
+        (
+            &args.json,
+            crate::report::Report::write_json as fn(&_, &_) -> Result<()>,
+        ),
         (&args.html, crate::report::Report::write_html),
     ] {
         if let Some(path) = path {
@@ -315,7 +318,10 @@ pub async fn execute(args: &Args, scenario: &Scenario) -> u8 {
     if report.verdict == Verdict::Error {
         eprintln!(
             "loadtest: the run could not be carried out: {}",
-            report.errors.first().map_or("see the report", String::as_str)
+            report
+                .errors
+                .first()
+                .map_or("see the report", String::as_str)
         );
     }
     report.verdict.exit_code()
@@ -386,7 +392,10 @@ mod tests {
 
         for (flags, expect) in [
             (vec!["--viewers", "0"], "spike.viewers must be at least 1"),
-            (vec!["--viewers", "5", "--arrival", "poisson:-3"], "rate_per_s"),
+            (
+                vec!["--viewers", "5", "--arrival", "poisson:-3"],
+                "rate_per_s",
+            ),
             (vec!["--viewers", "5", "--slo", "nope=1"], "unknown SLO key"),
             (vec!["--parties", "2", "--members", "1"], "party.members"),
             (vec![], "nothing to run"),

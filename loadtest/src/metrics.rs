@@ -248,7 +248,10 @@ mod tests {
         merged.merge(&a);
         merged.merge(&b);
         assert_eq!(merged.summary(Metric::Join), all.summary(Metric::Join));
-        assert_eq!(merged.summary(Metric::ChatFanout), all.summary(Metric::ChatFanout));
+        assert_eq!(
+            merged.summary(Metric::ChatFanout),
+            all.summary(Metric::ChatFanout)
+        );
         let join = merged.summary(Metric::Join).unwrap();
         assert_eq!(join.count, 1000);
         assert!((join.p50 - 250.0).abs() < 0.5, "{join:?}");

@@ -104,31 +104,36 @@ pub async fn run(scenario: &Scenario, server: SocketAddr, show_progress: bool) -
     ));
 
     let mut parts = JoinSet::new();
-    let needs_host = scenario.spike.as_ref().is_some_and(|s| s.room.is_none()) || scenario.churn.is_some();
-    let media = Media::start(
-        needs_host,
-        scenario,
-        server,
-    )
-    .await;
+    let needs_host =
+        scenario.spike.as_ref().is_some_and(|s| s.room.is_none()) || scenario.churn.is_some();
+    let media = Media::start(needs_host, scenario, server).await;
     match media {
         Err(err) => live.error(format!("starting the synthetic host: {err:#}")),
         Ok(media) => {
             let media = Arc::new(media);
             if let Some(spike) = scenario.spike.clone() {
-                let (media, live, h) = (Arc::clone(&media), Arc::clone(&live), Arc::clone(&histograms));
+                let (media, live, h) = (
+                    Arc::clone(&media),
+                    Arc::clone(&live),
+                    Arc::clone(&histograms),
+                );
                 let seed = scenario.seed;
                 parts.spawn(async move { run_spike(&spike, seed, &media, &live, &h).await });
             }
             if let Some(churn) = scenario.churn.clone() {
-                let (media, live, h) = (Arc::clone(&media), Arc::clone(&live), Arc::clone(&histograms));
+                let (media, live, h) = (
+                    Arc::clone(&media),
+                    Arc::clone(&live),
+                    Arc::clone(&histograms),
+                );
                 let pid = scenario.server_pid;
                 parts.spawn(async move { run_churn(&churn, pid, &media, &live, &h).await });
             }
             if let Some(signaling) = scenario.signaling.clone() {
                 let (live, h) = (Arc::clone(&live), Arc::clone(&histograms));
                 let seed = scenario.seed;
-                parts.spawn(async move { run_signaling(&signaling, seed, server, &live, &h).await });
+                parts
+                    .spawn(async move { run_signaling(&signaling, seed, server, &live, &h).await });
             }
             if let Some(party) = scenario.party.clone() {
                 let (live, h) = (Arc::clone(&live), Arc::clone(&histograms));
@@ -228,7 +233,12 @@ impl Media {
         Ok(media)
     }
 
-    fn setup(&self, spike: &Spike, name: String, histograms: &SharedHistograms) -> Result<ViewerSetup> {
+    fn setup(
+        &self,
+        spike: &Spike,
+        name: String,
+        histograms: &SharedHistograms,
+    ) -> Result<ViewerSetup> {
         Ok(ViewerSetup {
             server: self.server,
             room: self
@@ -292,7 +302,12 @@ async fn run_spike(
             let (tx, rx) = watch::channel(false);
             leaves.push(tx);
             lock(&live.counts).viewers_started += 1;
-            viewers.spawn(watch_one(setup, rx, Arc::clone(live), Arc::clone(histograms)));
+            viewers.spawn(watch_one(
+                setup,
+                rx,
+                Arc::clone(live),
+                Arc::clone(histograms),
+            ));
         }
     }
     tokio::time::sleep(Duration::from_secs_f64(spike.hold_s)).await;
@@ -389,14 +404,20 @@ async fn run_churn(
     };
     let next = Arc::new(AtomicU64::new(0));
     // The server's RSS once the first `warmup` cycles are done (allocator pools filled).
-    let warmup = (churn.cycles / 10).max(churn.concurrency).min(churn.cycles.saturating_sub(1));
+    let warmup = (churn.cycles / 10)
+        .max(churn.concurrency)
+        .min(churn.cycles.saturating_sub(1));
     let baseline: Arc<Mutex<Option<(u64, u64)>>> = Arc::default();
     lock(&live.counts).viewers_planned += churn.cycles;
     live.planned.fetch_add(churn.cycles, Ordering::Relaxed);
     let mut workers = JoinSet::new();
     for _ in 0..churn.concurrency.min(churn.cycles) {
-        let (next, live, histograms, baseline) =
-            (Arc::clone(&next), Arc::clone(live), Arc::clone(histograms), Arc::clone(&baseline));
+        let (next, live, histograms, baseline) = (
+            Arc::clone(&next),
+            Arc::clone(live),
+            Arc::clone(histograms),
+            Arc::clone(&baseline),
+        );
         let setup = media.setup(&spike, "churn".to_owned(), &histograms)?;
         let (cycles, media_for) = (churn.cycles, Duration::from_secs_f64(churn.media_s));
         workers.spawn(async move {
@@ -455,7 +476,9 @@ async fn run_signaling(
     histograms: &SharedHistograms,
 ) -> Result<()> {
     // A host with no media owns the room the clients join.
-    let mut host = WsClient::connect(server).await.context("signaling host connect")?;
+    let mut host = WsClient::connect(server)
+        .await
+        .context("signaling host connect")?;
     let room = host
         .join(Role::Host, None, "loadtest signaling host")
         .await
@@ -464,21 +487,25 @@ async fn run_signaling(
     lock(&live.counts).signaling_planned += load.clients;
     live.planned.fetch_add(load.clients, Ordering::Relaxed);
     let n = load.clients as usize;
-    let mut arrivals = Schedule::new(now(), load.arrival.offsets(n, seed ^ 0x51))
-        ;
+    let mut arrivals = Schedule::new(now(), load.arrival.offsets(n, seed ^ 0x51));
     let (leave_tx, leave_rx) = watch::channel(false);
     let mut clients = JoinSet::new();
     while let Some(at) = arrivals.poll_timeout() {
         tokio::time::sleep_until(at.into()).await;
         while let Some(i) = arrivals.poll_due(now()) {
-            let (room, live, histograms, mut leave) =
-                (room.clone(), Arc::clone(live), Arc::clone(histograms), leave_rx.clone());
+            let (room, live, histograms, mut leave) = (
+                room.clone(),
+                Arc::clone(live),
+                Arc::clone(histograms),
+                leave_rx.clone(),
+            );
             clients.spawn(async move {
                 let started = now();
                 let joined = async {
                     let mut ws = WsClient::connect(server).await?;
                     let open = now();
-                    ws.join(Role::Viewer, Some(&room), &format!("client {i}")).await?;
+                    ws.join(Role::Viewer, Some(&room), &format!("client {i}"))
+                        .await?;
                     anyhow::Ok((ws, open, now()))
                 }
                 .await;
@@ -524,8 +551,12 @@ async fn run_parties(
     lock(&live.counts).parties += load.parties;
     let mut parties = JoinSet::new();
     for p in 0..load.parties {
-        let (load, ws_url, live, histograms) =
-            (load.clone(), ws_url.clone(), Arc::clone(live), Arc::clone(histograms));
+        let (load, ws_url, live, histograms) = (
+            load.clone(),
+            ws_url.clone(),
+            Arc::clone(live),
+            Arc::clone(histograms),
+        );
         parties.spawn(async move {
             if let Err(err) = run_party(&load, seed ^ p, &ws_url, &live, &histograms).await {
                 live.error(format!("party {p}: {err:#}"));
@@ -554,7 +585,9 @@ async fn run_party(
     live: &Live,
     histograms: &SharedHistograms,
 ) -> Result<()> {
-    let host = PartyClient::create(ws_url, "party host").await.context("creating a party")?;
+    let host = PartyClient::create(ws_url, "party host")
+        .await
+        .context("creating a party")?;
     let code = host.party.clone();
     let mut members = vec![host];
     for m in 1..load.members {
@@ -567,12 +600,19 @@ async fn run_party(
         }
     }
     lock(&live.counts).members_joined += members.len() as u64;
-    live.active.fetch_add(members.len() as u64, Ordering::Relaxed);
+    live.active
+        .fetch_add(members.len() as u64, Ordering::Relaxed);
     let end = tokio::time::Instant::now() + Duration::from_secs_f64(load.duration_s);
     let mut tasks = JoinSet::new();
     for (i, member) in members.into_iter().enumerate() {
         let load = load.clone();
-        tasks.spawn(member_loop(member, i == 0, load, seed.wrapping_add(i as u64), end));
+        tasks.spawn(member_loop(
+            member,
+            i == 0,
+            load,
+            seed.wrapping_add(i as u64),
+            end,
+        ));
     }
     let mut logs = Vec::new();
     while let Some(result) = tasks.join_next().await {
@@ -625,10 +665,16 @@ async fn member_loop(
         let load_cmd = PlaybackCommand::Load {
             url: "/media/sample.webm".to_owned(),
         };
-        client.playback(load_cmd, None).await.context("loading media")?;
+        client
+            .playback(load_cmd, None)
+            .await
+            .context("loading media")?;
     }
     while tokio::time::Instant::now() < end {
-        let next = next_probe.min(next_chat).min(if is_host { next_command } else { end }).min(end);
+        let next = next_probe
+            .min(next_chat)
+            .min(if is_host { next_command } else { end })
+            .min(end);
         client.pump_until_instant(next).await?;
         let now_t = tokio::time::Instant::now();
         if now_t >= next_probe {
@@ -644,7 +690,10 @@ async fn member_loop(
         }
         if now_t >= next_chat {
             let sent = now();
-            match client.chat_patiently(&format!("hello {}", rng.random::<u32>())).await {
+            match client
+                .chat_patiently(&format!("hello {}", rng.random::<u32>()))
+                .await
+            {
                 Ok(seq) => log.chats.push((seq, sent)),
                 Err(_) => log.refused += 1,
             }
@@ -673,7 +722,8 @@ async fn member_loop(
                 Ok(seq) => log.commands.push((seq, sent)),
                 Err(_) => log.refused += 1,
             }
-            next_command = tokio::time::Instant::now() + Duration::from_secs_f64(load.command_every_s);
+            next_command =
+                tokio::time::Instant::now() + Duration::from_secs_f64(load.command_every_s);
         }
     }
     // Let the last events reach everyone.
@@ -707,7 +757,9 @@ fn account_party(logs: &[MemberLog], live: &Live, histograms: &SharedHistograms)
                     .position(|e| e.seq == seq)
                     .map(|i| l.times[i])
             })
-            .try_fold(None::<Instant>, |latest, t| t.map(|t| Some(latest.map_or(t, |l| l.max(t)))))
+            .try_fold(None::<Instant>, |latest, t| {
+                t.map(|t| Some(latest.map_or(t, |l| l.max(t))))
+            })
             .flatten()
     };
     let mut c = lock(&live.counts);
@@ -752,7 +804,11 @@ fn account_party(logs: &[MemberLog], live: &Live, histograms: &SharedHistograms)
             .filter_map(|l| {
                 let offset = l.clock.offset()?;
                 let server_ms = at_local + offset;
-                Some(state.timeline.position_at(UnixMillis(server_ms.round() as i64)))
+                Some(
+                    state
+                        .timeline
+                        .position_at(UnixMillis(server_ms.round() as i64)),
+                )
             })
             .collect();
         if positions.len() >= 2 {
@@ -887,8 +943,12 @@ fn build_report(
     let cores = probe::cpu_cores();
     let secs = duration.as_secs_f64().max(1e-3);
     let series = samples.series;
-    let gen_avg = series.iter().map(|p| p.generator_cpu_pct).sum::<f64>() / series.len().max(1) as f64;
-    let gen_max = series.iter().map(|p| p.generator_cpu_pct).fold(0.0, f64::max);
+    let gen_avg =
+        series.iter().map(|p| p.generator_cpu_pct).sum::<f64>() / series.len().max(1) as f64;
+    let gen_max = series
+        .iter()
+        .map(|p| p.generator_cpu_pct)
+        .fold(0.0, f64::max);
     let lag = histograms.summary(Metric::SchedLag);
     let self_cpu = samples.self_last.map(|s| s.cpu.as_secs_f64());
     let generator = GeneratorUsage {
@@ -901,12 +961,19 @@ fn build_report(
             .filter(|c| *c > 0.0 && counts.packets_received > 0)
             .map(|c| counts.packets_received as f64 / c),
     };
-    let server_usage = match (samples.server_first, samples.server_last, scenario.server_pid) {
+    let server_usage = match (
+        samples.server_first,
+        samples.server_last,
+        scenario.server_pid,
+    ) {
         (Some(first), Some(last), Some(pid)) => {
             let cpu: Vec<f64> = series.iter().filter_map(|p| p.server_cpu_pct).collect();
             let rss: Vec<f64> = series.iter().filter_map(|p| p.server_rss_mb).collect();
             let cpu_s = last.cpu.saturating_sub(first.cpu).as_secs_f64();
-            let peak = rss.iter().cloned().fold(first.rss_bytes as f64 / 1048576.0, f64::max);
+            let peak = rss
+                .iter()
+                .cloned()
+                .fold(first.rss_bytes as f64 / 1048576.0, f64::max);
             let start_mb = first.rss_bytes as f64 / 1048576.0;
             Some(ServerUsage {
                 pid,
@@ -917,10 +984,12 @@ fn build_report(
                 rss_end_mb: last.rss_bytes as f64 / 1048576.0,
                 cpu_us_per_forwarded_packet: (counts.packets_received > 0)
                     .then(|| cpu_s * 1e6 / counts.packets_received as f64),
-                rss_kb_per_viewer: (counts.viewers_joined + counts.signaling_joined > 0).then(|| {
-                    (peak - start_mb) * 1024.0
-                        / (counts.viewers_joined + counts.signaling_joined) as f64
-                }),
+                rss_kb_per_viewer: (counts.viewers_joined + counts.signaling_joined > 0).then(
+                    || {
+                        (peak - start_mb) * 1024.0
+                            / (counts.viewers_joined + counts.signaling_joined) as f64
+                    },
+                ),
                 rss_growth_kb_per_1000_cycles: churn_growth_kb,
             })
         }
@@ -937,7 +1006,10 @@ fn build_report(
         ));
     }
     let limit = CPU_LIMIT_PCT_OF_CORES * cores as f64;
-    let saturated_seconds = series.iter().filter(|p| p.generator_cpu_pct >= limit).count();
+    let saturated_seconds = series
+        .iter()
+        .filter(|p| p.generator_cpu_pct >= limit)
+        .count();
     if saturated_seconds >= 2 {
         invalid.push(format!(
             "the generator used ≥ {CPU_LIMIT_PCT_OF_CORES:.0} % of its {cores} cores for {saturated_seconds} s"

@@ -169,9 +169,8 @@ impl Scenario {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading scenario file {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            anyhow::anyhow!("scenario file {} is not valid: {e}", path.display())
-        })
+        toml::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("scenario file {} is not valid: {e}", path.display()))
     }
 
     /// Checks every parameter; the message names the field and the bad value.
@@ -206,11 +205,18 @@ impl Scenario {
                 problems.push("party.parties must be at least 1, got 0".to_owned());
             }
             if p.members < 2 {
-                problems.push(format!("party.members must be at least 2, got {}", p.members));
+                problems.push(format!(
+                    "party.members must be at least 2, got {}",
+                    p.members
+                ));
             }
             positive(&mut problems, "party.duration_s", p.duration_s);
             positive(&mut problems, "party.command_every_s", p.command_every_s);
-            non_negative(&mut problems, "party.chat_per_member_per_s", p.chat_per_member_per_s);
+            non_negative(
+                &mut problems,
+                "party.chat_per_member_per_s",
+                p.chat_per_member_per_s,
+            );
         }
         if let Some(c) = &self.churn {
             if c.cycles == 0 {
@@ -229,7 +235,10 @@ impl Scenario {
             non_negative(&mut problems, "signaling.hold_s", s.hold_s);
         }
         if let Some(i) = &self.impairment {
-            push_err(&mut problems, i.validate().map_err(|e| format!("impairment: {e}")));
+            push_err(
+                &mut problems,
+                i.validate().map_err(|e| format!("impairment: {e}")),
+            );
         }
         for (key, limit) in &self.slo {
             if !limit.is_finite() {
@@ -376,7 +385,10 @@ mod tests {
             ..Scenario::default()
         };
         let err = s.validate().unwrap_err().to_string();
-        assert!(err.contains("spike.viewers must be at least 1, got 0"), "{err}");
+        assert!(
+            err.contains("spike.viewers must be at least 1, got 0"),
+            "{err}"
+        );
         assert!(err.contains("rate_per_s"), "{err}");
         let empty = Scenario::default().validate().unwrap_err().to_string();
         assert!(empty.contains("nothing to run"), "{empty}");

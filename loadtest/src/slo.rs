@@ -125,9 +125,22 @@ mod tests {
         );
         assert_eq!(parse(" loss_pct = 0.5 ").unwrap().1, 0.5);
         let e = parse("join_p99=1000").unwrap_err().to_string();
-        assert!(e.contains("unknown SLO key") && e.contains("join_p99_ms"), "{e}");
-        assert!(parse("loss_pct=lots").unwrap_err().to_string().contains("not a number"));
-        assert!(parse("loss_pct").unwrap_err().to_string().contains("key=value"));
+        assert!(
+            e.contains("unknown SLO key") && e.contains("join_p99_ms"),
+            "{e}"
+        );
+        assert!(
+            parse("loss_pct=lots")
+                .unwrap_err()
+                .to_string()
+                .contains("not a number")
+        );
+        assert!(
+            parse("loss_pct")
+                .unwrap_err()
+                .to_string()
+                .contains("key=value")
+        );
         assert!(parse("loss_pct=NaN").is_err());
     }
 
@@ -144,7 +157,10 @@ mod tests {
         let by_key = |k: &str| out.iter().find(|o| o.key == k).unwrap().clone();
         assert!(by_key("join_p99_ms").pass, "{out:?}");
         let p50 = by_key("join_p50_ms");
-        assert!(!p50.pass && (p50.actual.unwrap() - 500.0).abs() < 1.0, "{p50:?}");
+        assert!(
+            !p50.pass && (p50.actual.unwrap() - 500.0).abs() < 1.0,
+            "{p50:?}"
+        );
         // 5 of 1000 is 0.5 %: on the limit passes.
         assert!(by_key("loss_pct").pass, "{out:?}");
         let missing = by_key("chat_fanout_p99_ms");

@@ -287,7 +287,20 @@ mod tests {
 
     #[test]
     fn parses_rtp_and_refuses_rtcp_and_short_datagrams() {
-        let mut rtp = vec![0x80, 0x80 | 96, 0x12, 0x34, 0, 0, 1, 0, 0xde, 0xad, 0xbe, 0xef];
+        let mut rtp = vec![
+            0x80,
+            0x80 | 96,
+            0x12,
+            0x34,
+            0,
+            0,
+            1,
+            0,
+            0xde,
+            0xad,
+            0xbe,
+            0xef,
+        ];
         rtp.extend_from_slice(&[1, 2, 3]);
         let h = RtpHeader::parse(&rtp).unwrap();
         assert_eq!(

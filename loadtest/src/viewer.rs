@@ -8,18 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use signaling::protocol::MediaKind;
-use webrtc::peer_connection::RTCPeerConnectionState;
 use marquee_client::{
-    Host, PayloadTag, SubscriberOptions, TrackHandler, Viewer, ViewerOptions,
-    is_vp8_keyframe_start,
+    Host, PayloadTag, SubscriberOptions, TrackHandler, Viewer, ViewerOptions, is_vp8_keyframe_start,
 };
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
 };
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use signaling::protocol::MediaKind;
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::metrics::{Histograms, Metric};
 use crate::tap::{Tap, TapRuntime};
@@ -132,7 +131,8 @@ pub async fn run(
     let tracks = Arc::new(Mutex::new(Tracks::default()));
     let keyframe = Arc::new(tokio::sync::Notify::new());
     let on_track: TrackHandler = {
-        let (tap, tracks, keyframe) = (Arc::clone(&tap), Arc::clone(&tracks), Arc::clone(&keyframe));
+        let (tap, tracks, keyframe) =
+            (Arc::clone(&tap), Arc::clone(&tracks), Arc::clone(&keyframe));
         let (host, histograms) = (setup.host.clone(), Arc::clone(&setup.histograms));
         Arc::new(move |track| {
             tokio::spawn(read_track(
@@ -326,7 +326,8 @@ async fn read_track(
         if let (Some(host), Some(tag)) = (&host, PayloadTag::parse(&packet.payload))
             && let Some(sent) = host.sent_at(tag.kind, tag.frame, tag.index)
         {
-            lock(&histograms).record_duration(Metric::E2eLatency, at.saturating_duration_since(sent));
+            lock(&histograms)
+                .record_duration(Metric::E2eLatency, at.saturating_duration_since(sent));
         }
     }
 }

@@ -20,7 +20,11 @@ async fn an_unreachable_server_is_named() {
     let server = format!("http://127.0.0.1:{port}");
     let out = loadtest(&["--server", &server, "--viewers", "5"]).await;
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("cannot reach the server"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot reach the server"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,20 +74,30 @@ async fn a_malformed_scenario_file_is_refused_naming_the_field() {
 
     let out = loadtest(&["--scenario", "/nonexistent/scenario.toml"]).await;
     assert_eq!(out.status.code(), Some(4));
-    assert!(stderr(&out).contains("reading scenario file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("reading scenario file"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]
 async fn impossible_parameters_are_refused_before_connecting() {
     for (args, expect) in [
-        (vec!["--viewers", "0"], "spike.viewers must be at least 1, got 0"),
+        (
+            vec!["--viewers", "0"],
+            "spike.viewers must be at least 1, got 0",
+        ),
         (
             vec!["--viewers", "5", "--arrival", "poisson:-2"],
             "rate_per_s must be a positive number",
         ),
         (vec!["--viewers", "-5"], "--viewers"),
         (vec!["--viewers", "5", "--loss", "150"], "loss_pct"),
-        (vec!["--viewers", "5", "--slo", "join_p99=1"], "unknown SLO key"),
+        (
+            vec!["--viewers", "5", "--slo", "join_p99=1"],
+            "unknown SLO key",
+        ),
         (vec![], "nothing to run"),
     ] {
         // The server address is unreachable on purpose: validation must come first.

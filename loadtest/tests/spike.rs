@@ -93,7 +93,11 @@ async fn spike_and_parties_are_measured_and_an_impossible_slo_fails_the_run() {
     }
     let join = &metric("join")["summary"];
     assert!(join["p50"].as_f64().unwrap() > 0.0);
-    assert!(join["p50"].as_f64().unwrap() <= metric("join_first_rtp")["summary"]["max"].as_f64().unwrap() + join["max"].as_f64().unwrap());
+    assert!(
+        join["p50"].as_f64().unwrap()
+            <= metric("join_first_rtp")["summary"]["max"].as_f64().unwrap()
+                + join["max"].as_f64().unwrap()
+    );
     assert!(metric("e2e_latency")["summary"]["count"].as_u64().unwrap() > 0);
     assert_eq!(
         metric("control_fanout")["summary"]["count"].as_u64(),
@@ -111,7 +115,10 @@ async fn spike_and_parties_are_measured_and_an_impossible_slo_fails_the_run() {
     assert_eq!(r["verdict"], "FAIL");
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("FAIL") && stdout.contains("join_p99_ms"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("join_p99_ms"),
+        "{stdout}"
+    );
 
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(page.contains("<svg") && page.contains("FAIL") && !page.contains("NaN"));

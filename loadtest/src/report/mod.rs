@@ -235,7 +235,8 @@ impl Report {
         out.insert("commands_refused".into(), c.commands_refused as f64);
         out.insert(
             "commands_unapplied".into(),
-            c.commands_sent.saturating_sub(c.commands_applied + c.commands_refused) as f64,
+            c.commands_sent
+                .saturating_sub(c.commands_applied + c.commands_refused) as f64,
         );
         if let Some(s) = &self.server_usage {
             out.insert("server_cpu_pct_avg".into(), s.cpu_pct_avg);
