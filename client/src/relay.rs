@@ -50,14 +50,29 @@ pub enum Datagram {
     Stun,
     Dtls,
     /// RTP (SRTP); the payload-type byte is outside the RTCP range (RFC 5761 §4).
-    Rtp {
-        ssrc: u32,
-        seq: u16,
-        payload_type: u8,
-        marker: bool,
-    },
+    Rtp(RtpHeader),
     Rtcp,
     Other,
+}
+
+/// The fields of an RTP header, which SRTP leaves in clear (RFC 3711 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub payload_type: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+impl RtpHeader {
+    /// The header of an RTP datagram; `None` for STUN, DTLS, RTCP or anything else.
+    pub fn parse(buf: &[u8]) -> Option<Self> {
+        match classify_datagram(buf) {
+            Datagram::Rtp(header) => Some(header),
+            _ => None,
+        }
+    }
 }
 
 /// Classifies one datagram without any keys.
@@ -71,12 +86,13 @@ pub fn classify_datagram(buf: &[u8]) -> Datagram {
                 // Packet types 192..=223 with the marker bit folded in: RTCP.
                 Datagram::Rtcp
             } else {
-                Datagram::Rtp {
-                    ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                    seq: u16::from_be_bytes([buf[2], buf[3]]),
+                Datagram::Rtp(RtpHeader {
                     payload_type,
                     marker: buf[1] & 0x80 != 0,
-                }
+                    seq: u16::from_be_bytes([buf[2], buf[3]]),
+                    timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+                    ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+                })
             }
         }
         _ => Datagram::Other,
@@ -116,12 +132,13 @@ impl DropPolicy {
     /// Whether to drop this server→client datagram. Only the first transmission of an RTP
     /// packet can be dropped; STUN, DTLS and RTCP always pass.
     pub fn should_drop(&mut self, datagram: &[u8]) -> bool {
-        let Datagram::Rtp {
+        let Datagram::Rtp(RtpHeader {
             ssrc,
             seq,
             payload_type,
             marker,
-        } = classify_datagram(datagram)
+            ..
+        }) = classify_datagram(datagram)
         else {
             return false;
         };

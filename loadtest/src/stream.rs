@@ -14,32 +14,7 @@ const MAX_NACKS: u8 = 3;
 /// Missing packets waiting for retransmission are capped; older ones count as lost.
 const MAX_PENDING: usize = 512;
 
-/// The clear fields of an RTP header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpHeader {
-    pub payload_type: u8,
-    pub marker: bool,
-    pub seq: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
-}
-
-impl RtpHeader {
-    /// Parses an RTP (not RTCP) header; `None` for anything else. RTP and RTCP share a port
-    /// (RFC 5761 §4): a second byte in 192..=223 is an RTCP packet type.
-    pub fn parse(datagram: &[u8]) -> Option<Self> {
-        if datagram.len() < 12 || datagram[0] >> 6 != 2 || (192..=223).contains(&datagram[1]) {
-            return None;
-        }
-        Some(Self {
-            payload_type: datagram[1] & 0x7f,
-            marker: datagram[1] & 0x80 != 0,
-            seq: u16::from_be_bytes([datagram[2], datagram[3]]),
-            timestamp: u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]),
-            ssrc: u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]),
-        })
-    }
-}
+pub use marquee_client::RtpHeader;
 
 /// How a packet related to what came before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,12 +92,13 @@ fn datagrams_are_classified_by_first_byte() {
     assert_eq!(classify_datagram(&[22, 0xfe, 0xfd]), Datagram::Dtls);
     assert_eq!(
         classify_datagram(&rtp(96, 0x0102, 0xdead_beef, true)),
-        Datagram::Rtp {
+        Datagram::Rtp(RtpHeader {
             ssrc: 0xdead_beef,
             seq: 0x0102,
+            timestamp: 1234,
             payload_type: 96,
             marker: true
-        }
+        })
     );
     // RTCP receiver report (packet type 201): byte 1 & 0x7f = 73.
     let mut rr = rtp(0, 0, 1, false);
