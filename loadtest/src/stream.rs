@@ -13,6 +13,9 @@ pub const FREEZE_GAP: Duration = Duration::from_millis(500);
 const MAX_NACKS: u8 = 3;
 /// Missing packets waiting for retransmission are capped; older ones count as lost.
 const MAX_PENDING: usize = 512;
+/// A gap is asked for only after this long: with jitter, packets overtake each other, and a
+/// NACK for one still on its way costs the server a retransmission for nothing.
+pub const REORDER_WAIT: Duration = Duration::from_millis(15);
 
 pub use marquee_client::RtpHeader;
 
@@ -115,7 +118,7 @@ impl StreamStats {
                 self.pending.push_back(Missing {
                     seq,
                     nacks: 0,
-                    next_nack: now,
+                    next_nack: now + REORDER_WAIT,
                 });
             }
             while self.pending.len() > MAX_PENDING {
@@ -329,7 +332,10 @@ mod tests {
         let retry = Duration::from_millis(100);
         let mut s = StreamStats::new(t, &header(100, 0), 100);
         s.handle_packet(t, &header(104, 0), 100);
-        assert_eq!(s.poll_timeout(), Some(t));
+        // Not before the reordering wait: a packet that was merely overtaken is not asked for.
+        assert_eq!(s.poll_timeout(), Some(t + REORDER_WAIT));
+        assert_eq!(s.poll_nacks(t, retry), Vec::<u16>::new());
+        let t = t + REORDER_WAIT;
         assert_eq!(s.poll_nacks(t, retry), vec![101, 102, 103]);
         assert_eq!(s.poll_nacks(t, retry), Vec::<u16>::new());
         assert_eq!(s.poll_timeout(), Some(t + retry));

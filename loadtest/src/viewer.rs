@@ -190,7 +190,12 @@ pub async fn run(
     if got_keyframe {
         outcome.stages.first_keyframe = lock(&tracks).first_keyframe.map(since);
         watch_until_leave(&viewer, &tap, &tracks, &mut leave, &mut outcome).await;
-    } else if !*leave.borrow() {
+    } else if *leave.borrow() {
+        outcome.failure = Some(format!(
+            "told to leave {:?} after starting, before its first keyframe",
+            now().saturating_duration_since(started)
+        ));
+    } else {
         let reached = match (
             outcome.stages.ice,
             outcome.stages.dtls,
