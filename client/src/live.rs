@@ -993,16 +993,8 @@ impl Publisher {
         marker: bool,
         timestamp: u32,
     ) -> Result<u16> {
-        let seq = {
-            let mut state = lock(&self.shared.video_state);
-            let seq = state.next_seq;
-            state.next_seq = seq.wrapping_add(1);
-            seq
-        };
-        self.shared
-            .write(MediaKind::Video, seq, timestamp, marker, payload)
-            .await?;
-        Ok(seq)
+        self.write_raw(MediaKind::Video, payload, marker, timestamp)
+            .await
     }
 
     /// Sends a raw audio RTP payload with the next sequence number.
@@ -1012,14 +1004,36 @@ impl Publisher {
         marker: bool,
         timestamp: u32,
     ) -> Result<u16> {
+        self.write_raw(MediaKind::Audio, payload, marker, timestamp)
+            .await
+    }
+
+    async fn write_raw(
+        &self,
+        kind: MediaKind,
+        payload: Bytes,
+        marker: bool,
+        timestamp: u32,
+    ) -> Result<u16> {
         let seq = {
-            let mut state = lock(&self.shared.audio_state);
-            let seq = state.next_seq;
-            state.next_seq = seq.wrapping_add(1);
+            let mut video;
+            let mut audio;
+            let next_seq = match kind {
+                MediaKind::Video => {
+                    video = lock(&self.shared.video_state);
+                    &mut video.next_seq
+                }
+                MediaKind::Audio => {
+                    audio = lock(&self.shared.audio_state);
+                    &mut audio.next_seq
+                }
+            };
+            let seq = *next_seq;
+            *next_seq = seq.wrapping_add(1);
             seq
         };
         self.shared
-            .write(MediaKind::Audio, seq, timestamp, marker, payload)
+            .write(kind, seq, timestamp, marker, payload)
             .await?;
         Ok(seq)
     }

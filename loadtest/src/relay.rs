@@ -477,7 +477,6 @@ impl Alarm {
 /// own; see the module docs. Its tasks stop when this value is dropped.
 pub struct ImpairedRelay {
     addr: SocketAddr,
-    server: SocketAddr,
     counters: Arc<Counters>,
     task: JoinHandle<()>,
 }
@@ -516,7 +515,6 @@ impl ImpairedRelay {
         let task = tokio::spawn(up.run());
         Ok(Self {
             addr,
-            server,
             counters,
             task,
         })
@@ -525,11 +523,6 @@ impl ImpairedRelay {
     /// Where clients send.
     pub fn addr(&self) -> SocketAddr {
         self.addr
-    }
-
-    /// Where the relay forwards to.
-    pub fn server(&self) -> SocketAddr {
-        self.server
     }
 
     /// Counts since start, summed over all clients (forgotten ones included).
@@ -542,22 +535,6 @@ impl ImpairedRelay {
             down: counters.down.load(),
             dropped_overflow: counters.dropped_overflow.load(AtomicOrdering::Relaxed),
             send_errors: counters.send_errors.load(AtomicOrdering::Relaxed),
-        }
-    }
-
-    /// Routes the receiver of `sdp` through this relay: the server's UDP candidate is
-    /// rewritten to point at [`addr`](Self::addr) and other candidates, which would bypass
-    /// the relay, are removed. Fails when the SDP has no UDP candidate or its candidate is not
-    /// the server this relay forwards to, as the client would then reach the wrong peer.
-    pub fn route_sdp(&self, sdp: &str) -> anyhow::Result<String> {
-        let (rewritten, candidate) = marquee_client::rewrite_candidates(sdp, self.addr);
-        match candidate {
-            None => bail!("no UDP candidate in the SDP to route through the relay:\n{sdp}"),
-            Some(candidate) if candidate != self.server => bail!(
-                "the SDP's candidate {candidate} is not the relay's server {}",
-                self.server
-            ),
-            Some(_) => Ok(rewritten),
         }
     }
 }
@@ -1434,7 +1411,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn start_rejects_a_bad_config_and_routes_sdp() {
+    async fn start_rejects_a_bad_config() {
         let server: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let bad = Impairment {
             loss_pct: 150.0,
@@ -1442,21 +1419,5 @@ mod tests {
         };
         let error = ImpairedRelay::start(server, bad).await.err().unwrap();
         assert!(error.to_string().contains("loss_pct"), "{error}");
-
-        let relay = ImpairedRelay::start(server, Impairment::default())
-            .await
-            .unwrap();
-        let sdp = "v=0\r\na=candidate:1 1 udp 2130706431 127.0.0.1 4000 typ host\r\n\
-                   a=candidate:2 1 udp 2130706431 10.0.0.1 4000 typ host\r\n";
-        let routed = relay.route_sdp(sdp).unwrap();
-        let relay_port = relay.addr().port();
-        assert!(
-            routed.contains(&format!("127.0.0.1 {relay_port} typ host")),
-            "{routed}"
-        );
-        assert!(!routed.contains("10.0.0.1"), "{routed}");
-        let elsewhere = sdp.replace("4000", "4001");
-        assert!(relay.route_sdp(&elsewhere).is_err());
-        assert!(relay.route_sdp("v=0\r\n").is_err());
     }
 }

@@ -30,6 +30,8 @@ use crate::schedule::Schedule;
 use crate::tap::Tap;
 use crate::viewer::{self, SharedHistograms, ViewerOutcome, ViewerSetup};
 
+/// The generator's lag ticker period.
+const LAG_TICK: Duration = Duration::from_millis(10);
 /// A run whose generator's scheduling lag p99 is above this measured the generator.
 const LAG_LIMIT: Duration = Duration::from_millis(50);
 /// A run whose generator used this share of the machine's cores for a whole second (and more
@@ -46,8 +48,6 @@ struct Live {
     taps: Mutex<Vec<Arc<Tap>>>,
     counts: Mutex<Counts>,
     errors: Mutex<Vec<String>>,
-    /// Churn: cycles done, for the memory-growth estimate.
-    cycles: AtomicU64,
     /// Churn: the server's RSS growth per 1,000 cycles after the warm-up.
     churn_growth_kb: Mutex<Option<f64>>,
 }
@@ -94,8 +94,14 @@ pub async fn run(scenario: &Scenario, server: SocketAddr, show_progress: bool) -
     let histograms: SharedHistograms = Arc::new(Mutex::new(Histograms::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let lag = tokio::spawn(measure_lag(stop_rx.clone(), Arc::clone(&histograms)));
+    let lag_meter = Arc::new(Mutex::new(LagMeter::new(LAG_TICK)));
+    let lag = tokio::spawn(measure_lag(
+        stop_rx.clone(),
+        Arc::clone(&histograms),
+        Arc::clone(&lag_meter),
+    ));
     let sampler = tokio::spawn(sample(
+        lag_meter,
         scenario.server_pid,
         Arc::clone(&live),
         stop_rx.clone(),
@@ -333,9 +339,9 @@ async fn watch_one(
     let outcome = {
         let live = Arc::clone(&live);
         let slot = Arc::clone(&tap_slot);
-        viewer::run(setup, leave, move |v| {
-            *lock(&slot) = Some(Arc::clone(&v.tap));
-            lock(&live.taps).push(v.tap);
+        viewer::run(setup, leave, move |tap| {
+            *lock(&slot) = Some(Arc::clone(&tap));
+            lock(&live.taps).push(tap);
             live.active.fetch_add(1, Ordering::Relaxed);
         })
         .await
@@ -441,8 +447,11 @@ async fn run_churn(
                     _ = watch => {}
                     _ = leave_after => {}
                 }
-                let done = live.cycles.fetch_add(1, Ordering::Relaxed) + 1;
-                lock(&live.counts).cycles = done;
+                let done = {
+                    let mut counts = lock(&live.counts);
+                    counts.cycles += 1;
+                    counts.cycles
+                };
                 if done == warmup
                     && let Some(pid) = server_pid
                     && let Ok(s) = probe::sample(pid)
@@ -458,10 +467,9 @@ async fn run_churn(
         // Let the server finish tearing down the last sessions before measuring.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let end = probe::sample(pid).context("sampling the server after churn")?;
-        let done = live.cycles.load(Ordering::Relaxed);
+        let done = lock(&live.counts).cycles;
         if done > at {
             let growth_kb = (end.rss_bytes as f64 - rss as f64) / 1024.0;
-            lock(&live.counts).cycles = done;
             *lock(&live.churn_growth_kb) = Some(growth_kb / (done - at) as f64 * 1000.0);
         }
     }
@@ -749,14 +757,20 @@ async fn member_loop(
 /// state event, the spread of the positions the members compute for one instant with their
 /// own clock estimates.
 fn account_party(logs: &[MemberLog], live: &Live, histograms: &SharedHistograms) {
+    let receipts: Vec<std::collections::HashMap<u64, Instant>> = logs
+        .iter()
+        .map(|l| {
+            l.events
+                .iter()
+                .map(|e| e.seq)
+                .zip(l.times.iter().copied())
+                .collect()
+        })
+        .collect();
     let received_by_all = |seq: u64| -> Option<Instant> {
-        logs.iter()
-            .map(|l| {
-                l.events
-                    .iter()
-                    .position(|e| e.seq == seq)
-                    .map(|i| l.times[i])
-            })
+        receipts
+            .iter()
+            .map(|r| r.get(&seq).copied())
             .try_fold(None::<Instant>, |latest, t| {
                 t.map(|t| Some(latest.map_or(t, |l| l.max(t))))
             })
@@ -822,6 +836,7 @@ fn account_party(logs: &[MemberLog], live: &Live, histograms: &SharedHistograms)
 /// Samples once a second until `stop`: server and generator `/proc`, viewers' packets, and
 /// the progress line. Returns the series.
 async fn sample(
+    lag_meter: Arc<Mutex<LagMeter>>,
     server_pid: Option<u32>,
     live: Arc<Live>,
     mut stop: watch::Receiver<bool>,
@@ -872,7 +887,7 @@ async fn sample(
             server_cpu_pct: server_cpu,
             server_rss_mb: server.map(|s| s.rss_bytes as f64 / 1048576.0),
             generator_cpu_pct: generator_cpu,
-            sched_lag_ms: 0.0,
+            sched_lag_ms: lock(&lag_meter).take_max().as_secs_f64() * 1000.0,
         };
         progress.update(&Snapshot {
             elapsed: at.saturating_duration_since(started),
@@ -909,9 +924,12 @@ struct Samples {
 }
 
 /// The generator's 10 ms ticker: how late each tick ran is the scheduling lag.
-async fn measure_lag(mut stop: watch::Receiver<bool>, histograms: SharedHistograms) {
-    let period = Duration::from_millis(10);
-    let mut meter = LagMeter::new(period);
+async fn measure_lag(
+    mut stop: watch::Receiver<bool>,
+    histograms: SharedHistograms,
+    meter: Arc<Mutex<LagMeter>>,
+) {
+    let period = LAG_TICK;
     let mut due = tokio::time::Instant::now() + period;
     loop {
         tokio::select! {
@@ -919,7 +937,7 @@ async fn measure_lag(mut stop: watch::Receiver<bool>, histograms: SharedHistogra
             _ = stop.wait_for(|s| *s) => break,
         }
         let ran = tokio::time::Instant::now();
-        meter.handle_tick(due.into_std(), ran.into_std());
+        lock(&meter).handle_tick(due.into_std(), ran.into_std());
         lock(&histograms).record_duration(Metric::SchedLag, ran.saturating_duration_since(due));
         due += period;
         if due < ran {

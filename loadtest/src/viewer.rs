@@ -103,11 +103,6 @@ impl ViewerOutcome {
     }
 }
 
-/// The live part of a running viewer the run reads for its progress line.
-pub struct ViewerLive {
-    pub tap: Arc<Tap>,
-}
-
 /// What the track readers learn, shared with the viewer task.
 #[derive(Default)]
 struct Tracks {
@@ -121,13 +116,11 @@ struct Tracks {
 pub async fn run(
     setup: ViewerSetup,
     mut leave: watch::Receiver<bool>,
-    live: impl FnOnce(ViewerLive),
+    live: impl FnOnce(Arc<Tap>),
 ) -> ViewerOutcome {
     let started = now();
     let tap = Tap::new(setup.sample_every);
-    live(ViewerLive {
-        tap: Arc::clone(&tap),
-    });
+    live(Arc::clone(&tap));
     let tracks = Arc::new(Mutex::new(Tracks::default()));
     let keyframe = Arc::new(tokio::sync::Notify::new());
     let on_track: TrackHandler = {
