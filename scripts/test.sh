@@ -26,6 +26,16 @@ ensure_chromium() {
     as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 }
 
+# The interop tests run Debian's GStreamer `whip-client` and `coturn` in a network namespace
+# of their own (root, iproute2) with a stub library built by `cc`.
+ensure_interop_tools() {
+    if command -v whip-client >/dev/null && command -v turnserver >/dev/null \
+        && command -v cc >/dev/null && command -v ip >/dev/null; then return 0; fi
+    say "installing whip-client, coturn, gcc and iproute2 (WHIP interop and TURN tests)"
+    as_root apt-get update -qq && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        simple-whip-client coturn gcc libc6-dev iproute2 >/dev/null
+}
+
 ensure_redis_server_binary() {
     if command -v redis-server >/dev/null && command -v redis-cli >/dev/null; then return 0; fi
     say "installing Debian's redis-server (store tests, multi-node tests)"
@@ -92,6 +102,7 @@ if [ "$cargo_status" -ne 0 ]; then
 fi
 
 say "browser tests (headless Chromium)"
+ensure_interop_tools || echo "could not install whip-client/coturn; the WHIP interop and TURN tests will fail"
 if ensure_chromium && ensure_npm_packages && cargo build --bin marquee --color never; then
     MARQUEE_BIN="$ROOT/target/debug/marquee" node --test --test-concurrency=1 --test-reporter=tap web-demo/tests/ 2>&1 \
         | tee "$LOG_DIR/browser.log"

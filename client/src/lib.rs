@@ -5,6 +5,7 @@
 //! - [`media`]: synthetic VP8/Opus payloads and keyframe detection.
 //! - [`relay`]: datagram classification and a lossy UDP relay for retransmission tests.
 //! - [`party`]: a watch-party member that checks it sees every event once and in order.
+//! - [`whip`]: WHIP publishing and WHEP viewing over HTTP (RFC 9725).
 //!
 //! The integration tests of `signaling` and the `loadtest` tool both drive servers through
 //! this crate, so a protocol change breaks one build, not two copies.
@@ -13,8 +14,10 @@ pub mod live;
 pub mod media;
 pub mod party;
 pub mod relay;
+pub mod whip;
 
 pub use live::*;
 pub use media::*;
 pub use party::*;
 pub use relay::*;
+pub use whip::*;

@@ -116,6 +116,8 @@ pub struct Joined {
     pub role: Role,
     pub host_key: Option<String>,
     pub limits: Limits,
+    /// STUN/TURN servers the server handed out (with TURN credentials).
+    pub ice_servers: Vec<signaling::turn::IceServer>,
 }
 
 impl Joined {
@@ -129,12 +131,14 @@ impl Joined {
                 role,
                 host_key,
                 limits,
+                ice_servers,
             } => Some(Self {
                 room,
                 peer_id,
                 role,
                 host_key,
                 limits,
+                ice_servers,
             }),
             _ => None,
         }
@@ -269,6 +273,36 @@ impl WsClient {
                 .await
                 .with_context(|| format!("connecting to {url} timed out"))?
                 .with_context(|| format!("connecting to {url}"))?;
+        Ok(Self::from_stream(stream))
+    }
+
+    /// Connects from a chosen local address (another loopback IP, 127.0.0.2, is another
+    /// client to the server's per-IP limits). Fails with the server's HTTP status, e.g. a
+    /// `429` from the upgrade limit.
+    pub async fn connect_from(server: SocketAddr, local: std::net::IpAddr) -> Result<Self> {
+        let url = format!("ws://{server}/ws");
+        let socket = match local {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(local, 0))?;
+        let connect = async {
+            let tcp = socket.connect(server).await?;
+            let stream = tokio_tungstenite::MaybeTlsStream::Plain(tcp);
+            anyhow::Ok(tokio_tungstenite::client_async(url.as_str(), stream).await?)
+        };
+        let (stream, _response) = tokio::time::timeout(RECV_TIMEOUT, connect)
+            .await
+            .with_context(|| format!("connecting to {url} timed out"))?
+            .with_context(|| format!("connecting to {url} from {local}"))?;
+        Ok(Self::from_stream(stream))
+    }
+
+    fn from_stream(
+        stream: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> Self {
         let (mut sink, mut stream) = stream.split();
 
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
@@ -303,11 +337,11 @@ impl WsClient {
             }
         });
 
-        Ok(Self {
+        Self {
             sender: WsSender { tx: out_tx },
             receiver: WsReceiver { rx: in_rx },
             tasks: TaskGuard(vec![writer, reader]),
-        })
+        }
     }
 
     /// A clone of the sending half, e.g. for a task that trickles candidates.
@@ -367,6 +401,7 @@ impl WsClient {
             name: name.to_owned(),
             role,
             host_key: None,
+            token: None,
         })
         .await
     }
@@ -1623,6 +1658,8 @@ pub struct HostOptions {
     pub room: Option<String>,
     pub name: String,
     pub host_key: Option<String>,
+    /// Access token (JWT) sent with `join`; `None` against a `--dev` server.
+    pub token: Option<String>,
     pub media: MediaConfig,
     /// Start the generator once connected (otherwise call `start_media` or `send_*`).
     pub start_media: bool,
@@ -1636,6 +1673,7 @@ impl Default for HostOptions {
             room: None,
             name: "host".to_owned(),
             host_key: None,
+            token: None,
             media: MediaConfig::default(),
             start_media: true,
             end_of_candidates: true,
@@ -1669,6 +1707,7 @@ impl Host {
                 name: options.name.clone(),
                 role: Role::Host,
                 host_key: options.host_key.clone(),
+                token: options.token.clone(),
             })
             .await
             .context("host join")?;
@@ -1780,11 +1819,14 @@ pub struct ViewerOptions {
     pub subscriber: SubscriberOptions,
     /// Send an empty `candidate` (end of candidates) when gathering completes.
     pub end_of_candidates: bool,
+    /// Access token (JWT) sent with `join`; `None` against a `--dev` server.
+    pub token: Option<String>,
 }
 
 impl Default for ViewerOptions {
     fn default() -> Self {
         Self {
+            token: None,
             name: "viewer".to_owned(),
             relay: None,
             route_via: None,
@@ -1844,6 +1886,7 @@ impl Viewer {
             name: options.name.clone(),
             role: Role::Viewer,
             host_key: None,
+            token: options.token.clone(),
         })?;
         // Whatever arrives before `joined` (an early offer or roomState) is kept for the
         // negotiation loop rather than skipped.

@@ -75,6 +75,7 @@ impl PartyClient {
             member_id: identity.map(|i| i.member_id.clone()),
             member_key: identity.map(|i| i.member_key.clone()),
             last_seq: identity.map(|i| i.last_seq),
+            token: None,
         })?;
         let joined = ws
             .recv_until_within(PARTY_TIMEOUT, |m| {

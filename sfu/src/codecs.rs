@@ -53,15 +53,73 @@ impl Codec {
             .eq_ignore_ascii_case(&other.rtp.mime_type)
             && self.rtp.clock_rate == other.rtp.clock_rate
             && (self.video != Some(VideoCodec::H264)
-                || profile_level_id(&self.rtp.sdp_fmtp_line)
-                    == profile_level_id(&other.rtp.sdp_fmtp_line))
+                || H264Format::parse(&self.rtp.sdp_fmtp_line)
+                    == H264Format::parse(&other.rtp.sdp_fmtp_line))
     }
 }
 
-fn profile_level_id(fmtp: &str) -> Option<&str> {
-    fmtp.split(';')
-        .find_map(|kv| kv.trim().strip_prefix("profile-level-id="))
-        .map(|v| &v[..v.len().min(4)])
+/// What must match for two H.264 streams to be interchangeable for a decoder: the profile
+/// (RFC 6184 §8.1: `profile_idc` and its constraint flags, not the level) and the
+/// packetization mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct H264Format {
+    profile: Option<H264Profile>,
+    packetization_mode: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H264Profile {
+    ConstrainedBaseline,
+    Baseline,
+    Main,
+    High,
+    ConstrainedHigh,
+}
+
+impl H264Format {
+    fn parse(fmtp: &str) -> Self {
+        let param = |name: &str| {
+            fmtp.split(';')
+                .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('='))
+        };
+        Self {
+            // Absent, RFC 6184 means Baseline level 1; every WebRTC stack treats that as
+            // Constrained Baseline, the profile WebRTC requires.
+            profile: param("profile-level-id").map_or(
+                Some(H264Profile::ConstrainedBaseline),
+                H264Profile::from_profile_level_id,
+            ),
+            packetization_mode: param("packetization-mode")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        }
+    }
+}
+
+impl H264Profile {
+    /// Classifies `profile_idc` and `profile-iop` (the first two bytes) as decoders do: an
+    /// encoder may set more constraint flags than the profile needs (x264 sends `42c01e`,
+    /// Chromium `42e01f`: both Constrained Baseline). `None` for unknown or malformed ids.
+    fn from_profile_level_id(hex: &str) -> Option<Self> {
+        if hex.len() != 6 || !hex.is_ascii() {
+            return None;
+        }
+        let idc = u8::from_str_radix(&hex[0..2], 16).ok()?;
+        let iop = u8::from_str_radix(&hex[2..4], 16).ok()?;
+        let (set0, set1, set3) = (iop & 0x80 != 0, iop & 0x40 != 0, iop & 0x10 != 0);
+        match idc {
+            0x42 if set1 => Some(Self::ConstrainedBaseline),
+            0x42 => Some(Self::Baseline),
+            // Main with constraint_set0 (decodable as Baseline) is Constrained Baseline.
+            0x4d if set0 => Some(Self::ConstrainedBaseline),
+            0x4d => Some(Self::Main),
+            0x58 if set0 && set1 => Some(Self::ConstrainedBaseline),
+            0x58 if set0 => Some(Self::Baseline),
+            0x64 if iop & 0x0c == 0x0c => Some(Self::ConstrainedHigh),
+            0x64 if !set3 => Some(Self::High),
+            _ => None,
+        }
+    }
 }
 
 /// Builds the media engine and interceptor registry for a peer of `role`.
@@ -160,6 +218,24 @@ mod tests {
         assert!(!vp8.compatible(&h264_cb));
         assert!(h264_cb.compatible(&h264_cb2), "same profile, other level");
         assert!(!h264_cb.compatible(&h264_high));
+        // x264 (GStreamer's whip-client) marks Constrained Baseline as 42c0, Chromium as
+        // 42e0; both are the same profile.
+        let x264 = codec(
+            "video/H264",
+            "packetization-mode=1;profile-level-id=42c01e;level-asymmetry-allowed=1",
+        );
+        assert!(x264.compatible(&h264_cb));
+        assert!(!x264.compatible(&codec(
+            "video/H264",
+            "packetization-mode=1;profile-level-id=42001f"
+        )));
+        assert!(!x264.compatible(&codec(
+            "video/H264",
+            "packetization-mode=0;profile-level-id=42e01f"
+        )));
+        // 640c: Constrained High; 6400: High.
+        assert!(h264_high.compatible(&codec("video/H264", "profile-level-id=640c32")));
+        assert!(!h264_high.compatible(&codec("video/H264", "profile-level-id=640032")));
         assert!(
             Codec::from_rtp(RTCRtpCodec {
                 mime_type: "video/AV1".into(),

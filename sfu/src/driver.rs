@@ -46,9 +46,22 @@ enum Command {
         events: mpsc::Sender<SfuEvent>,
         reply: oneshot::Sender<Result<PeerId, SfuError>>,
     },
+    AddPeerWithOffer {
+        room: RoomId,
+        role: Role,
+        offer: String,
+        events: mpsc::Sender<SfuEvent>,
+        reply: oneshot::Sender<Result<(PeerId, String), SfuError>>,
+    },
     Offer {
         peer: PeerId,
         sdp: String,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    RestartIce {
+        peer: PeerId,
+        ufrag: String,
+        pwd: String,
         reply: oneshot::Sender<Result<String, SfuError>>,
     },
     Answer {
@@ -83,6 +96,41 @@ impl SfuHandle {
             room,
             role,
             events,
+            reply,
+        })
+        .await?
+    }
+
+    /// Adds a peer from a client's offer (WHIP, WHEP) and returns it with the answer; see
+    /// [`Sfu::add_peer_with_offer`].
+    pub async fn add_peer_with_offer(
+        &self,
+        room: RoomId,
+        role: Role,
+        offer: String,
+        events: mpsc::Sender<SfuEvent>,
+    ) -> Result<(PeerId, String), SfuError> {
+        self.call(|reply| Command::AddPeerWithOffer {
+            room,
+            role,
+            offer,
+            events,
+            reply,
+        })
+        .await?
+    }
+
+    /// Restarts ICE with the client's new credentials; see [`Sfu::restart_ice`].
+    pub async fn restart_ice(
+        &self,
+        peer: PeerId,
+        ufrag: String,
+        pwd: String,
+    ) -> Result<String, SfuError> {
+        self.call(|reply| Command::RestartIce {
+            peer,
+            ufrag,
+            pwd,
             reply,
         })
         .await?
@@ -221,6 +269,27 @@ impl Driver {
                 }
                 let _ = reply.send(result);
             }
+            Command::AddPeerWithOffer {
+                room,
+                role,
+                offer,
+                events,
+                reply,
+            } => {
+                let result = self.sfu.add_peer_with_offer(now, &room, role, &offer);
+                if let Ok((peer, _)) = &result {
+                    self.peer_events.insert(*peer, events);
+                }
+                let _ = reply.send(result);
+            }
+            Command::RestartIce {
+                peer,
+                ufrag,
+                pwd,
+                reply,
+            } => {
+                let _ = reply.send(self.sfu.restart_ice(now, peer, &ufrag, &pwd));
+            }
             Command::Offer { peer, sdp, reply } => {
                 let _ = reply.send(self.sfu.handle_offer(now, peer, &sdp));
             }
@@ -239,7 +308,7 @@ impl Driver {
                 self.peer_events.remove(&peer);
             }
             Command::Stats { reply } => {
-                let _ = reply.send(self.sfu.stats().clone());
+                let _ = reply.send(self.sfu.stats());
             }
         }
     }

@@ -82,6 +82,10 @@ pub struct SfuStats {
     pub retransmissions_missed: u64,
     pub keyframe_requests_received: u64,
     pub keyframe_requests_sent: u64,
+    /// Gauges: rooms, peers and tracks held now.
+    pub rooms: u64,
+    pub peers: u64,
+    pub tracks: u64,
 }
 
 /// Why an SFU operation failed. Each variant is a distinct failure a caller may report.
@@ -99,6 +103,8 @@ pub enum SfuError {
     CandidateBeforeDescription,
     #[error("invalid candidate: {0}")]
     InvalidCandidate(String),
+    #[error("the room has no tracks to watch yet")]
+    NothingToWatch,
     #[error("the SFU is not running")]
     Stopped,
     #[error("internal error: {0}")]

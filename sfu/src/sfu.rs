@@ -131,6 +131,9 @@ struct Peer {
     sources: HashMap<String, TrackId>,
     /// Subscriber: one per room track, in the order they were added.
     subscriptions: Vec<Subscription>,
+    /// Subscriber whose client makes the offers (WHEP): the server never offers, so it
+    /// subscribes only to tracks the client's offer left room for and never renegotiates.
+    client_offers: bool,
     /// Subscriber: a server offer awaits its answer.
     offer_outstanding: bool,
     /// Subscriber: tracks changed while an offer was outstanding; offer again after the answer.
@@ -227,8 +230,14 @@ impl Sfu {
         &self.config
     }
 
-    pub fn stats(&self) -> &SfuStats {
-        &self.stats
+    /// Counters since start, and the current number of rooms, peers and tracks.
+    pub fn stats(&self) -> SfuStats {
+        SfuStats {
+            rooms: self.rooms.len() as u64,
+            peers: self.peers.len() as u64,
+            tracks: self.tracks.len() as u64,
+            ..self.stats.clone()
+        }
     }
 
     /// Number of peers currently held.
@@ -264,6 +273,134 @@ impl Sfu {
         now: Instant,
         room: &RoomId,
         role: Role,
+    ) -> Result<PeerId, SfuError> {
+        let id = self.create_peer(now, room, role, false)?;
+        if role == Role::Subscriber {
+            let tracks = self.rooms[room].tracks.clone();
+            for track in tracks {
+                self.subscribe(id, track)?;
+            }
+            if !self.peers[&id].subscriptions.is_empty() {
+                self.renegotiate(now, id)?;
+            }
+        }
+        self.process(now, id);
+        Ok(id)
+    }
+
+    /// Creates a peer from a client's offer and returns it with the SDP answer: how WHIP
+    /// hosts publish and WHEP viewers watch (RFC 9725), where the client always offers.
+    ///
+    /// A viewer is given the room's current tracks, one per `m=` section of the matching
+    /// kind its offer made (extra tracks are not sent: there is no server offer to add
+    /// them). A room without tracks is refused with [`SfuError::NothingToWatch`]. On any
+    /// error nothing is left behind.
+    pub fn add_peer_with_offer(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        role: Role,
+        offer: &str,
+    ) -> Result<(PeerId, String), SfuError> {
+        if role == Role::Subscriber && self.tracks(room).is_empty() {
+            return Err(SfuError::NothingToWatch);
+        }
+        let id = self.create_peer(now, room, role, role == Role::Subscriber)?;
+        let result = match role {
+            Role::Publisher => self.handle_offer(now, id, offer),
+            Role::Subscriber => self.answer_viewer_offer(now, id, room, offer),
+        };
+        match result {
+            Ok(answer) => Ok((id, answer)),
+            Err(err) => {
+                self.remove_peer(now, id);
+                Err(err)
+            }
+        }
+    }
+
+    fn answer_viewer_offer(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        room: &RoomId,
+        offer: &str,
+    ) -> Result<String, SfuError> {
+        let description =
+            RTCSessionDescription::offer(offer.to_owned()).map_err(SfuError::invalid_sdp)?;
+        let p = self.peers.get_mut(&id).ok_or(SfuError::UnknownPeer)?;
+        p.pc.set_remote_description(now, description)
+            .map_err(SfuError::invalid_sdp)?;
+        p.has_remote_description = true;
+        let tracks = self
+            .rooms
+            .get(room)
+            .map(|r| r.tracks.clone())
+            .unwrap_or_default();
+        for track in tracks {
+            // No free `m=` section of this kind: the viewer does not get this track.
+            let _ = self.subscribe(id, track);
+        }
+        let p = self.peers.get_mut(&id).ok_or(SfuError::UnknownPeer)?;
+        if p.subscriptions.is_empty() {
+            return Err(SfuError::InvalidSdp(
+                "the offer has no audio or video section the room's tracks could use".into(),
+            ));
+        }
+        let answer = p.pc.create_answer(None).map_err(SfuError::invalid_sdp)?;
+        let sdp = apply_local_description(now, &mut p.pc, answer).map_err(SfuError::invalid_sdp)?;
+        self.replay_early(now, id);
+        self.process(now, id);
+        Ok(sdp)
+    }
+
+    /// Restarts ICE for a peer whose client offers (RFC 9725 §4.3.2): the client's new
+    /// credentials replace the old ones in its last offer, which is applied again; nothing
+    /// else is renegotiated. Returns the new local description (its ICE credentials and
+    /// candidates are what the client needs).
+    pub fn restart_ice(
+        &mut self,
+        now: Instant,
+        peer: PeerId,
+        ufrag: &str,
+        pwd: &str,
+    ) -> Result<String, SfuError> {
+        let valid = |v: &str| {
+            !v.is_empty()
+                && v.len() <= 256
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        };
+        if !valid(ufrag) || !valid(pwd) {
+            return Err(SfuError::InvalidCandidate(
+                "ICE credentials must be ice-chars (letters, digits, '+', '/')".into(),
+            ));
+        }
+        let p = self.peers.get_mut(&peer).ok_or(SfuError::UnknownPeer)?;
+        if p.role == Role::Subscriber && !p.client_offers {
+            return Err(SfuError::WrongRole("this viewer answers server offers"));
+        }
+        let previous =
+            p.pc.remote_description()
+                .map(|d| d.sdp.clone())
+                .ok_or(SfuError::NoOfferPending)?;
+        let sdp = replace_ice_credentials(&previous, ufrag, pwd);
+        let offer = RTCSessionDescription::offer(sdp).map_err(SfuError::invalid_sdp)?;
+        p.pc.set_remote_description(now, offer)
+            .map_err(SfuError::invalid_sdp)?;
+        let answer = p.pc.create_answer(None).map_err(SfuError::invalid_sdp)?;
+        let sdp = apply_local_description(now, &mut p.pc, answer).map_err(SfuError::invalid_sdp)?;
+        self.process(now, peer);
+        Ok(sdp)
+    }
+
+    /// Creates a peer connection and registers it in its room, without subscriptions.
+    fn create_peer(
+        &mut self,
+        now: Instant,
+        room: &RoomId,
+        role: Role,
+        client_offers: bool,
     ) -> Result<PeerId, SfuError> {
         let id = PeerId(self.next_id);
         self.next_id += 1;
@@ -310,6 +447,7 @@ impl Sfu {
                 state: ConnectionState::New,
                 sources: HashMap::new(),
                 subscriptions: Vec::new(),
+                client_offers,
                 offer_outstanding: false,
                 needs_offer: false,
                 has_remote_description: false,
@@ -325,18 +463,8 @@ impl Sfu {
                     self.orphan_sources(now, old);
                 }
             }
-            Role::Subscriber => {
-                r.subscribers.push(id);
-                let tracks = r.tracks.clone();
-                for track in tracks {
-                    self.subscribe(id, track)?;
-                }
-                if !self.peers[&id].subscriptions.is_empty() {
-                    self.renegotiate(now, id)?;
-                }
-            }
+            Role::Subscriber => r.subscribers.push(id),
         }
-        self.process(now, id);
         Ok(id)
     }
 
@@ -1160,7 +1288,14 @@ impl Sfu {
                 ..Default::default()
             }],
         );
+        let transceivers = p.pc.get_transceivers().count();
         let sender = p.pc.add_track(local).map_err(SfuError::internal)?;
+        if p.client_offers && p.pc.get_transceivers().count() > transceivers {
+            // A new transceiver: the client's offer had no free section of this kind, and
+            // only an offer from the client could add one.
+            let _ = p.pc.remove_track(sender);
+            return Err(SfuError::NothingToWatch);
+        }
         p.subscriptions.push(Subscription {
             track: track_id,
             sender,
@@ -1175,6 +1310,10 @@ impl Sfu {
     /// Sends a viewer a fresh offer, or remembers to once its outstanding offer is answered.
     fn renegotiate(&mut self, now: Instant, viewer: PeerId) -> Result<(), SfuError> {
         let p = self.peers.get_mut(&viewer).ok_or(SfuError::UnknownPeer)?;
+        if p.client_offers {
+            // WHEP: nothing to offer to; the viewer keeps the tracks it negotiated.
+            return Ok(());
+        }
         if p.offer_outstanding {
             p.needs_offer = true;
             return Ok(());
@@ -1224,6 +1363,24 @@ pub fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, SfuError>
 
 /// Sets `description` as the local one and returns the SDP to send, which `rtc` completes
 /// (candidates, fingerprints) when applying it.
+/// `sdp` with every `a=ice-ufrag`/`a=ice-pwd` value replaced.
+fn replace_ice_credentials(sdp: &str, ufrag: &str, pwd: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.lines() {
+        if line.starts_with("a=ice-ufrag:") {
+            out.push_str("a=ice-ufrag:");
+            out.push_str(ufrag);
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push_str("a=ice-pwd:");
+            out.push_str(pwd);
+        } else {
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+    }
+    out
+}
+
 fn apply_local_description(
     now: Instant,
     pc: &mut RTCPeerConnection,

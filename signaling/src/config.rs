@@ -1,4 +1,6 @@
-//! Server configuration, composed by the binary from flags (later also file and environment).
+//! Server configuration: what the server needs to run, with the defaults of the embedded
+//! single-node demo. The binary composes it from a TOML file, environment variables and
+//! flags (see `docs/configuration.md`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -33,6 +35,69 @@ pub struct ServerConfig {
     pub redis_url: Option<String>,
     /// Watch-party tunables.
     pub party: sync::PartyConfig,
+    /// Development mode: no access tokens are required (anyone may host, watch and
+    /// moderate). For the demo on a trusted network only; logged loudly at start.
+    pub dev: bool,
+    /// The HS256 secret access tokens are signed with (at least 32 bytes). Required unless
+    /// `dev`.
+    pub auth_secret: Option<String>,
+    /// TURN servers handed to clients with time-limited credentials (coturn REST scheme).
+    pub turn: Vec<crate::turn::TurnConfig>,
+    /// Rate limits and capacity limits.
+    pub limits: LimitsConfig,
+    /// Metrics and traces.
+    pub telemetry: crate::telemetry::TelemetryConfig,
+    /// On SIGTERM: how long sessions get to finish before the process exits anyway.
+    pub shutdown_grace: Duration,
+    /// Origins allowed to call WHIP/WHEP from a browser (CORS); `*` allows any.
+    pub cors_origins: Vec<String>,
+}
+
+/// Rate limits (per IP, per connection, per party) and admission control.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LimitsConfig {
+    /// WebSocket upgrades per client IP.
+    pub ws_upgrades_per_ip: crate::limits::Rate,
+    /// WHIP/WHEP requests (POST, PATCH, DELETE) per client IP.
+    pub http_per_ip: crate::limits::Rate,
+    /// Messages per WebSocket connection.
+    pub messages_per_connection: crate::limits::Rate,
+    /// Chat messages and reactions per watch party, all members together.
+    pub chat_per_party: crate::limits::Rate,
+    /// Rooms and peers admitted.
+    pub admission: crate::rooms::Admission,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        use crate::limits::Rate;
+        Self {
+            // A page load opens one or two sockets; reconnect loops and a household behind
+            // one NAT stay well inside 20 at once and 2 per second.
+            ws_upgrades_per_ip: Rate {
+                per_second: 2.0,
+                burst: 20,
+            },
+            // An encoder or player makes a POST, a few PATCHes and a DELETE per session.
+            http_per_ip: Rate {
+                per_second: 5.0,
+                burst: 30,
+            },
+            // Sync reports (1/s), clock probes (a burst of 8 at join), chat and commands:
+            // real clients stay far below 20 per second.
+            messages_per_connection: Rate {
+                per_second: 20.0,
+                burst: 60,
+            },
+            // Every member also has a per-member budget (sync::PartyConfig); this caps a
+            // whole party so a large one cannot flood its members' screens.
+            chat_per_party: Rate {
+                per_second: 10.0,
+                burst: 30,
+            },
+            admission: crate::rooms::Admission::default(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -47,6 +112,13 @@ impl Default for ServerConfig {
             room_state_interval: Duration::from_millis(250),
             redis_url: None,
             party: sync::PartyConfig::default(),
+            dev: false,
+            auth_secret: None,
+            turn: Vec::new(),
+            limits: LimitsConfig::default(),
+            telemetry: crate::telemetry::TelemetryConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            cors_origins: vec!["*".to_owned()],
         }
     }
 }
@@ -60,3 +132,4 @@ pub fn default_web_root() -> PathBuf {
         PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../web-demo"))
     }
 }
+pub use crate::rooms::Admission;

@@ -72,6 +72,10 @@ pub enum ClientMessage {
         role: Role,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         host_key: Option<String>,
+        /// An access token (JWT) granting `publish` (host) or `subscribe` (viewer) for this
+        /// room; required unless the server runs with `--dev`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// An SDP offer from the client: how a host publishes (and republishes) its tracks.
     Offer {
@@ -107,6 +111,11 @@ pub enum ClientMessage {
         member_key: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         last_seq: Option<u64>,
+        /// An access token (JWT) for this party; its grants decide who may chat (`chat`),
+        /// control playback (`control`) and set who controls (`moderate`). Creating a party
+        /// needs a token for room `*`. Required unless the server runs with `--dev`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
     },
     /// A playback command. `opId` makes a retry idempotent; `baseVersion`, when given, is
     /// the state version the client saw: a command based on an older one is refused.
@@ -178,6 +187,10 @@ pub enum ServerMessage {
         host_key: Option<String>,
         /// Documented limits the client must respect.
         limits: Limits,
+        /// STUN/TURN servers for the client's RTCPeerConnection (RTCIceServer shape), with
+        /// time-limited TURN credentials. Empty when none are configured.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<crate::turn::IceServer>,
     },
     /// A server-made offer: sent to viewers on join and whenever the room's tracks change.
     Offer { sdp: String },
@@ -341,8 +354,32 @@ pub enum ErrorCode {
     NoOfferPending,
     /// The same host joined again from another connection; this session left the room.
     SessionReplaced,
-    /// The server is at a configured capacity limit.
+    /// A configured capacity limit was reached (rooms on the node, peers in the room,
+    /// peers on the node); the message says which. Nothing else is degraded.
     Full,
+    /// No access token was presented and the server requires one.
+    TokenMissing,
+    /// The token is not a well-formed HS256 JWT.
+    TokenMalformed,
+    /// The token's signature does not match the server's secret.
+    TokenInvalidSignature,
+    /// The token's `exp` is in the past.
+    TokenExpired,
+    /// The token's `iat` is in the future.
+    TokenNotYetValid,
+    /// The token is for another room.
+    TokenWrongRoom,
+    /// The token does not grant what was attempted (publish, subscribe, control, chat,
+    /// moderate).
+    GrantMissing,
+    /// WHEP: the room exists but has no live tracks yet; retry.
+    RoomNotLive,
+    /// WHIP/WHEP: no such session resource (ended, or never existed).
+    UnknownSession,
+    /// WHIP/WHEP: the request's Content-Type is not the one the method takes.
+    UnsupportedMediaType,
+    /// WHIP/WHEP: `If-Match` does not match the session's current ETag.
+    PreconditionFailed,
     /// The server is shutting down; reconnect elsewhere or later.
     ShuttingDown,
     /// `partyJoin` named a party that does not exist (or expired).
@@ -364,7 +401,8 @@ pub enum ErrorCode {
     ChatTooLong,
     /// A reaction that is empty, has spaces or is longer than `limits.maxReactionChars`.
     InvalidReaction,
-    /// Too many chat messages or reactions; the message says when to retry.
+    /// Too many requests, messages, chat messages or reactions; the message (and over
+    /// HTTP the `Retry-After` header) says when to retry. The connection stays open.
     RateLimited,
     /// A sync report with numbers that are not finite.
     InvalidReport,
@@ -478,7 +516,7 @@ mod tests {
 
     #[test]
     fn join_round_trips_in_camel_case() {
-        let text = r#"{"type":"join","version":1,"room":"ABCD","name":"Ann","role":"viewer","extra":true}"#;
+        let text = r#"{"type":"join","version":1,"room":"ABCD","name":"Ann","role":"viewer","extra":true,"token":"t.k.n"}"#;
         let msg = decode_client_message(text, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(
             msg,
@@ -487,7 +525,8 @@ mod tests {
                 room: Some("ABCD".into()),
                 name: "Ann".into(),
                 role: Role::Viewer,
-                host_key: None
+                host_key: None,
+                token: Some("t.k.n".into()),
             }
         );
         let candidate = ClientMessage::Candidate {

@@ -34,8 +34,39 @@ pub struct JoinRequest {
     pub name: String,
     pub role: Role,
     pub host_key: Option<String>,
-    /// Where room state for this session goes.
+    /// The token's identity, when tokens are on: a host with the same identity takes the
+    /// room over from its own stale session (a WHIP encoder reconnecting), like `host_key`.
+    pub identity: Option<String>,
+    /// Where room state (and a host's replacement) for this session goes.
     pub outbox: Outbox,
+    /// Whether the session shows room state. WHIP/WHEP sessions have no channel to show it
+    /// on; skipping them keeps a large WHEP audience from costing a snapshot each.
+    pub wants_room_state: bool,
+}
+
+/// Capacity limits: past them a join is refused with `full` instead of every member of the
+/// node getting worse service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admission {
+    /// Live rooms on this node.
+    pub max_rooms: usize,
+    /// Members (host and viewers) of one room.
+    pub max_peers_per_room: usize,
+    /// Members of all rooms of this node.
+    pub max_peers: usize,
+}
+
+impl Default for Admission {
+    fn default() -> Self {
+        // Sized from the measured capacity of one node (README: ~200 viewers joining in
+        // 10 s at 1.5 Mbit/s on 2 cores); generous so that only a real overload is refused.
+        Self {
+            max_rooms: 1_000,
+            max_peers_per_room: 2_000,
+            max_peers: 5_000,
+        }
+    }
 }
 
 /// A granted join.
@@ -105,15 +136,22 @@ fn stopped() -> Refusal {
 }
 
 /// Spawns the rooms task.
-pub fn spawn_rooms(room_state_interval: Duration) -> RoomsHandle {
+pub fn spawn_rooms(room_state_interval: Duration, admission: Admission) -> RoomsHandle {
     let (tx, rx) = mpsc::channel(ROOMS_QUEUE);
-    tokio::spawn(Rooms::default().run(rx, room_state_interval));
+    let rooms = Rooms {
+        rooms: HashMap::new(),
+        members: 0,
+        admission,
+    };
+    tokio::spawn(rooms.run(rx, room_state_interval));
     RoomsHandle { tx }
 }
 
-#[derive(Default)]
 struct Rooms {
     rooms: HashMap<String, Room>,
+    /// Members of all rooms (kept in step with every insert and removal).
+    members: usize,
+    admission: Admission,
 }
 
 #[derive(Default)]
@@ -128,7 +166,15 @@ struct Room {
 struct Member {
     session: SessionId,
     name: String,
+    identity: Option<String>,
     outbox: Outbox,
+    wants_room_state: bool,
+}
+
+impl Room {
+    fn members(&self) -> usize {
+        self.viewers.len() + usize::from(self.host.is_some())
+    }
 }
 
 impl Rooms {
@@ -168,13 +214,18 @@ impl Rooms {
             name,
             role,
             host_key,
+            identity,
             outbox,
+            wants_room_state,
         } = request;
         let member = Member {
             session,
             name,
+            identity,
             outbox,
+            wants_room_state,
         };
+        let node_full = self.members >= self.admission.max_peers;
         match role {
             Role::Viewer => {
                 let Some(code) = room else {
@@ -187,7 +238,21 @@ impl Rooms {
                         format!("room {code} does not exist"),
                     ));
                 };
-                r.viewers.insert(session, member);
+                if r.members() >= self.admission.max_peers_per_room {
+                    return Err(refusal(
+                        ErrorCode::Full,
+                        format!(
+                            "room {code} is full ({} members)",
+                            self.admission.max_peers_per_room
+                        ),
+                    ));
+                }
+                if node_full {
+                    return Err(server_full());
+                }
+                if r.viewers.insert(session, member).is_none() {
+                    self.members += 1;
+                }
                 r.dirty = true;
                 Ok(Grant {
                     room: code,
@@ -199,25 +264,53 @@ impl Rooms {
                     Some(code) => normalize_code(&code)?,
                     None => self.unused_code(),
                 };
+                // Admission first, so a refused host leaves no empty room behind. A host
+                // taking its own room back replaces a member and needs no new seat.
+                match self.rooms.get(&code) {
+                    Some(r) if r.host.is_some() => {
+                        let key_matches = host_key.as_deref() == Some(r.host_key.as_str());
+                        let same_identity = member.identity.is_some()
+                            && r.host.as_ref().and_then(|h| h.identity.as_ref())
+                                == member.identity.as_ref();
+                        if !key_matches && !same_identity {
+                            return Err(refusal(
+                                ErrorCode::HostAlreadyPresent,
+                                format!("room {code} already has a host"),
+                            ));
+                        }
+                    }
+                    existing => {
+                        if existing.is_none() && self.rooms.len() >= self.admission.max_rooms {
+                            return Err(refusal(
+                                ErrorCode::Full,
+                                format!(
+                                    "this server has its maximum of {} rooms",
+                                    self.admission.max_rooms
+                                ),
+                            ));
+                        }
+                        if node_full {
+                            return Err(server_full());
+                        }
+                        if existing
+                            .is_some_and(|r| r.members() >= self.admission.max_peers_per_room)
+                        {
+                            return Err(refusal(ErrorCode::Full, format!("room {code} is full")));
+                        }
+                    }
+                }
                 let r = self.rooms.entry(code.clone()).or_insert_with(|| Room {
                     host_key: random_code(KEY_LEN),
                     ..Room::default()
                 });
-                if r.host.is_some() {
-                    let key_matches = host_key.as_deref() == Some(r.host_key.as_str());
-                    if !key_matches {
-                        return Err(refusal(
-                            ErrorCode::HostAlreadyPresent,
-                            format!("room {code} already has a host"),
-                        ));
-                    }
-                    // The same host from a new connection: the stale session is told and
-                    // dropped from the room; the SFU hands its tracks to the new session.
-                    if let Some(old) = r.host.take() {
-                        old.outbox.replaced();
-                    }
+                // The same host from a new connection: the stale session is told and dropped
+                // from the room; the SFU hands its tracks to the new session.
+                if let Some(old) = r.host.take() {
+                    old.outbox.replaced();
+                    self.members -= 1;
                 }
                 r.host = Some(member);
+                self.members += 1;
                 r.dirty = true;
                 Ok(Grant {
                     room: code,
@@ -233,8 +326,11 @@ impl Rooms {
         };
         if r.host.as_ref().is_some_and(|h| h.session == session) {
             r.host = None;
+            self.members -= 1;
         }
-        r.viewers.remove(&session);
+        if r.viewers.remove(&session).is_some() {
+            self.members -= 1;
+        }
         r.dirty = true;
         if r.host.is_none() && r.viewers.is_empty() {
             self.rooms.remove(code);
@@ -248,7 +344,8 @@ impl Rooms {
             }
             let state = room.snapshot(code);
             let mut all_delivered = true;
-            for member in room.host.iter().chain(room.viewers.values()) {
+            let members = room.host.iter().chain(room.viewers.values());
+            for member in members.filter(|m| m.wants_room_state) {
                 all_delivered &= member.outbox.room_state(state.clone());
             }
             // A full outbox missed this snapshot: try again next interval so every member
@@ -287,6 +384,13 @@ impl Room {
             viewer_count: self.viewers.len(),
         }
     }
+}
+
+fn server_full() -> Refusal {
+    refusal(
+        ErrorCode::Full,
+        "this server is at its maximum number of peers; try again shortly",
+    )
 }
 
 fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {

@@ -8,13 +8,18 @@ use axum::extract::ws::{Message, WebSocket};
 use sfu::{ConnectionState, PeerId, SfuError, SfuEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::AppState;
+use crate::auth::{Grant, Grants};
+use crate::join_trace::{JoinTrace, Stage};
+use crate::limits::Limiter;
 use crate::protocol::{
     ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION,
     PartyState, Role, RoomState, ServerMessage, decode_client_message,
 };
 use crate::rooms::JoinRequest;
+use crate::telemetry::JoinKind;
 use crate::wall_clock;
 
 mod party;
@@ -25,9 +30,9 @@ use party::PartyMembership;
 /// When full the sender skips the message: snapshots are retried later, and a skipped party
 /// event shows up as a gap that the session fills from the store. No task ever waits on a
 /// slow session.
-const OUTBOX_CAPACITY: usize = 256;
+pub(crate) const OUTBOX_CAPACITY: usize = 256;
 /// SFU events (offers, connection state) queued for one session.
-const SFU_EVENTS_CAPACITY: usize = 32;
+pub(crate) const SFU_EVENTS_CAPACITY: usize = 32;
 /// The server pings an idle client this often...
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// ...and closes the session when it has heard nothing for this long (a phone that slept,
@@ -63,6 +68,10 @@ pub enum SessionEvent {
 pub struct Outbox(mpsc::Sender<SessionEvent>);
 
 impl Outbox {
+    pub fn new(tx: mpsc::Sender<SessionEvent>) -> Self {
+        Self(tx)
+    }
+
     /// Queues a room snapshot; false if the session's mailbox is full.
     pub fn room_state(&self, state: RoomState) -> bool {
         self.offer(SessionEvent::RoomState(state))
@@ -109,6 +118,12 @@ struct Session {
     party: Option<PartyMembership>,
     /// When the message being handled arrived (server wall clock, ms): a clock probe's t1.
     received_ms: f64,
+    /// This connection's message budget.
+    messages: Limiter,
+    /// The trace of the live-room join in progress, until media connects.
+    join_trace: Option<JoinTrace>,
+    /// What the party token granted (everything in dev mode).
+    party_grants: Grants,
 }
 
 /// Runs a session until the client goes away or the server shuts down.
@@ -116,6 +131,8 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
     let (outbox_tx, mut outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (sfu_tx, mut sfu_rx) = mpsc::channel(SFU_EVENTS_CAPACITY);
     let shutdown = state.shutdown.clone();
+    let limits_rate = state.limits.messages;
+    let metrics = state.metrics.clone();
     let mut session = Session {
         id,
         state,
@@ -124,7 +141,11 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
         membership: None,
         party: None,
         received_ms: 0.0,
+        messages: Limiter::new(limits_rate),
+        join_trace: None,
+        party_grants: Grants::default(),
     };
+    metrics.session_opened("ws");
     let mut keepalive = tokio::time::interval(KEEPALIVE_INTERVAL);
     let mut last_heard = Instant::now();
     loop {
@@ -189,6 +210,7 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
     }
     session.leave_room().await;
     session.leave_party(false).await;
+    metrics.session_closed("ws");
 }
 
 async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axum::Error> {
@@ -198,6 +220,18 @@ async fn send(socket: &mut WebSocket, message: &ServerMessage) -> Result<(), axu
 
 impl Session {
     async fn handle_text(&mut self, text: &str) -> Vec<ServerMessage> {
+        if let Err(retry) = self.messages.check() {
+            // The message is dropped, the connection stays: a buggy client loop recovers
+            // once it slows down, and other sessions never notice.
+            self.state.metrics.rate_limited("message");
+            return vec![ServerMessage::error(
+                ErrorCode::RateLimited,
+                format!(
+                    "too many messages on this connection; retry in {} ms",
+                    retry.0.as_millis().max(1)
+                ),
+            )];
+        }
         let message = match decode_client_message(text, self.state.config.max_message_bytes) {
             Ok(message) => message,
             Err(err) => return vec![ServerMessage::error(err.code(), err.to_string())],
@@ -205,11 +239,16 @@ impl Session {
         let op_id = message.op_id().map(str::to_owned);
         match self.handle(message).await {
             Ok(replies) => replies,
-            Err((code, message)) => vec![ServerMessage::Error(ErrorBody {
-                code,
-                message,
-                op_id,
-            })],
+            Err((code, message)) => {
+                if code == ErrorCode::SyncUnavailable {
+                    self.state.metrics.redis_error();
+                }
+                vec![ServerMessage::Error(ErrorBody {
+                    code,
+                    message,
+                    op_id,
+                })]
+            }
         }
     }
 
@@ -222,7 +261,30 @@ impl Session {
                 name,
                 role,
                 host_key,
-            } => self.join(version, room, name, role, host_key).await,
+                token,
+            } => {
+                let kind = match role {
+                    Role::Host => JoinKind::WsHost,
+                    Role::Viewer => JoinKind::WsViewer,
+                };
+                let mut trace = JoinTrace::start(kind, room.as_deref());
+                match self
+                    .join(version, room, name, role, host_key, token, &trace)
+                    .await
+                {
+                    Ok(replies) => {
+                        if role == Role::Viewer {
+                            trace.begin_negotiate();
+                        }
+                        self.join_trace = Some(trace);
+                        Ok(replies)
+                    }
+                    Err(failure) => {
+                        trace.refused(&self.state.metrics, failure.0);
+                        Err(failure)
+                    }
+                }
+            }
             ClientMessage::Offer { sdp } => {
                 let membership = self.membership()?;
                 if membership.role != Role::Host {
@@ -232,6 +294,7 @@ impl Session {
                     ));
                 }
                 let room = membership.room.clone();
+                let stage = |stage| JoinTrace::stage_of(self.join_trace.as_ref(), stage);
                 let peer = match membership.peer {
                     Some(peer) => peer,
                     None => {
@@ -243,6 +306,7 @@ impl Session {
                                 sfu::Role::Publisher,
                                 self.sfu_events.clone(),
                             )
+                            .instrument(stage(Stage::SfuPeer))
                             .await
                             .map_err(sfu_failure)?;
                         if let Some(m) = &mut self.membership {
@@ -251,7 +315,16 @@ impl Session {
                         peer
                     }
                 };
-                let answer = self.state.sfu.offer(peer, sdp).await.map_err(sfu_failure)?;
+                let answer = self
+                    .state
+                    .sfu
+                    .offer(peer, sdp)
+                    .instrument(stage(Stage::Negotiate))
+                    .await
+                    .map_err(sfu_failure)?;
+                if let Some(trace) = &mut self.join_trace {
+                    trace.negotiated();
+                }
                 Ok(vec![ServerMessage::Answer { sdp: answer }])
             }
             ClientMessage::Answer { sdp } => {
@@ -270,6 +343,9 @@ impl Session {
                     .answer(peer, sdp)
                     .await
                     .map_err(sfu_failure)?;
+                if let Some(trace) = &mut self.join_trace {
+                    trace.negotiated();
+                }
                 Ok(vec![])
             }
             ClientMessage::Candidate { candidate } => {
@@ -297,6 +373,7 @@ impl Session {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn join(
         &mut self,
         version: u32,
@@ -304,6 +381,8 @@ impl Session {
         name: String,
         role: Role,
         host_key: Option<String>,
+        token: Option<String>,
+        trace: &JoinTrace,
     ) -> Result<Vec<ServerMessage>, Failure> {
         if version != PROTOCOL_VERSION {
             return Err((
@@ -317,6 +396,22 @@ impl Session {
                 "already in a room; send leave first".into(),
             ));
         }
+        let identity = {
+            let _stage = trace.stage(Stage::Authorize).entered();
+            let grant = match role {
+                Role::Host => Grant::Publish,
+                Role::Viewer => Grant::Subscribe,
+            };
+            // A host without a room asks for a fresh code: only a token for any room (`*`)
+            // may do that.
+            let room_code = match &room {
+                Some(code) => {
+                    crate::rooms::normalize_code(code).map_err(|r| (r.code, r.message))?
+                }
+                None => String::new(),
+            };
+            self.authorize(token.as_deref(), &room_code, grant)?
+        };
         let name = clean_name(&name);
         let grant = self
             .state
@@ -327,8 +422,11 @@ impl Session {
                 name,
                 role,
                 host_key,
+                identity: identity.identity.clone(),
                 outbox: self.outbox.clone(),
+                wants_room_state: true,
             })
+            .instrument(trace.stage(Stage::Admit))
             .await
             .map_err(|r| (r.code, r.message))?;
         let mut membership = Membership {
@@ -347,6 +445,7 @@ impl Session {
                     sfu::Role::Subscriber,
                     self.sfu_events.clone(),
                 )
+                .instrument(trace.stage(Stage::SfuPeer))
                 .await
             {
                 Ok(peer) => membership.peer = Some(peer),
@@ -366,7 +465,25 @@ impl Session {
             limits: Limits {
                 max_message_bytes: self.state.config.max_message_bytes,
             },
+            ice_servers: self
+                .state
+                .ice_servers(identity.identity.as_deref().unwrap_or(&self.id.to_string())),
         }])
+    }
+
+    /// Checks `token` for `grant` on `room` (`""` = a room not named yet, which only a
+    /// token for `*` covers).
+    pub(crate) fn authorize(
+        &self,
+        token: Option<&str>,
+        room: &str,
+        grant: Grant,
+    ) -> Result<crate::auth::Identity, Failure> {
+        let room = if room.is_empty() { "*" } else { room };
+        self.state
+            .access
+            .check(token, room, grant, wall_clock::now_unix_secs())
+            .map_err(|err| (crate::whip::auth_code(&err), err.to_string()))
     }
 
     fn handle_sfu_event(&mut self, event: SfuEvent) -> Vec<ServerMessage> {
@@ -376,6 +493,11 @@ impl Session {
                 vec![ServerMessage::Offer { sdp }]
             }
             SfuEvent::Connection { peer, state } if Some(peer) == own_peer => {
+                if state == ConnectionState::Connected
+                    && let Some(trace) = self.join_trace.take()
+                {
+                    trace.connected(&self.state.metrics);
+                }
                 let state = match state {
                     ConnectionState::New | ConnectionState::Connecting => MediaState::Connecting,
                     ConnectionState::Connected => MediaState::Connected,
@@ -397,6 +519,8 @@ impl Session {
 
     /// Leaves the room and drops the media peer, if any.
     async fn leave_room(&mut self) {
+        // A join still connecting ends its trace here (dropped: the spans close).
+        self.join_trace = None;
         if let Some(m) = self.membership.take() {
             if let Some(peer) = m.peer {
                 self.state.sfu.remove_peer(peer).await;
@@ -422,6 +546,7 @@ fn sfu_failure(err: SfuError) -> Failure {
         SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
         SfuError::WrongRole(_) => ErrorCode::NotAllowed,
         SfuError::Stopped => ErrorCode::ShuttingDown,
+        SfuError::NothingToWatch => ErrorCode::RoomNotLive,
         SfuError::UnknownPeer | SfuError::Internal(_) => ErrorCode::Internal,
     };
     (code, err.to_string())

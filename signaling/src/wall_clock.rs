@@ -18,3 +18,8 @@ pub fn now_ms() -> f64 {
 pub fn now() -> UnixMillis {
     UnixMillis(now_ms() as i64)
 }
+
+/// Whole seconds since the Unix epoch (token expiry, TURN credential expiry).
+pub fn now_unix_secs() -> u64 {
+    (now_ms() / 1000.0) as u64
+}

@@ -174,13 +174,38 @@ async fn binary_frames_and_floods_do_not_end_the_session() {
         ))
         .unwrap();
     c.expect_error(ErrorCode::BadMessage).await.unwrap();
-    // A burst of garbage: every message answered, in order, nothing lost.
+    // A burst of garbage: every message answered, in order, nothing lost. Past the
+    // connection's message budget the answer is `rate_limited` instead of `bad_message`.
     for i in 0..200 {
         c.send_raw(format!("garbage {i}")).unwrap();
     }
+    let burst = signaling::config::LimitsConfig::default()
+        .messages_per_connection
+        .burst as usize;
+    let mut codes = Vec::new();
     for _ in 0..200 {
-        c.expect_error(ErrorCode::BadMessage).await.unwrap();
+        match c.recv().await.unwrap() {
+            ServerMessage::Error(body) => codes.push(body.code),
+            other => panic!("unexpected {other:?}"),
+        }
     }
+    let bad = codes
+        .iter()
+        .take_while(|c| **c == ErrorCode::BadMessage)
+        .count();
+    assert!(bad >= burst, "{bad} bad_message answers before throttling");
+    assert!(
+        codes[bad..]
+            .iter()
+            .all(|c| matches!(c, ErrorCode::RateLimited | ErrorCode::BadMessage)),
+        "{codes:?}"
+    );
+    assert!(
+        codes.contains(&ErrorCode::RateLimited),
+        "a flood is throttled"
+    );
+    // The budget refills; the connection was never closed.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_alive(&mut c, 7).await;
     // A viewer of a room that does not exist is refused by join, not by closing the socket.
     let err = c

@@ -535,6 +535,7 @@ fn joined(role: Role) -> ServerMessage {
         limits: Limits {
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         },
+        ice_servers: vec![],
     }
 }
 

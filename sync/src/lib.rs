@@ -24,4 +24,4 @@ pub use party::{
     MemberView, Party, PartyConfig, PartyError, Proposal, Snapshot, Spread, SyncReport,
 };
 pub use store::{Committed, Feed, MemoryStore, RedisStore, Store, StoreConfig, StoreError, Stored};
-pub use timeline::{Timeline, UnixMillis};
+pub use timeline::{Timeline, UnixMillis, UtcDateTime};

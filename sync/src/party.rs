@@ -197,6 +197,8 @@ pub struct Party {
     /// The state version a hand-off was last proposed for (propose once per version).
     handoff_proposed: Option<u64>,
     spread: VecDeque<f64>,
+    /// Samples taken since the party was loaded.
+    spread_taken: u64,
     wait: Option<Wait>,
     /// Members the group stopped waiting for, until they report ready again.
     waived: HashSet<MemberId>,
@@ -246,6 +248,7 @@ impl Party {
             host_left: false,
             handoff_proposed: None,
             spread: VecDeque::new(),
+            spread_taken: 0,
             wait: None,
             waived: HashSet::new(),
             proposals: VecDeque::new(),
@@ -876,6 +879,14 @@ impl Party {
             self.spread.pop_front();
         }
         self.spread.push_back(max - min);
+        self.spread_taken += 1;
+    }
+
+    /// How many spread samples were ever taken, and the newest: a caller that compares the
+    /// count before and after a report knows whether that report produced a new sample
+    /// (for a metric of every sample).
+    pub fn spread_sample(&self) -> (u64, Option<f64>) {
+        (self.spread_taken, self.spread.back().copied())
     }
 }
 

@@ -14,6 +14,53 @@ impl UnixMillis {
     }
 }
 
+/// A UTC calendar date and time (proleptic Gregorian), for messages and reports. Shown in
+/// RFC 3339 form: `2026-01-01T00:00:00Z`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcDateTime {
+    pub year: i64,
+    pub month: u8,
+    pub day: u8,
+    pub hour: u8,
+    pub minute: u8,
+    pub second: u8,
+}
+
+impl UtcDateTime {
+    /// The date and time `unix` seconds after the epoch. Any `u64` works (no overflow).
+    pub fn from_unix_secs(unix: u64) -> Self {
+        let (days, secs) = (unix / 86_400, unix % 86_400);
+        // Days to a civil date: Howard Hinnant's `civil_from_days`
+        // (http://howardhinnant.github.io/date_algorithms.html); `days` fits an i64.
+        let z = days as i64 + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        Self {
+            year: yoe + era * 400 + i64::from(month <= 2),
+            month: month as u8,
+            day: day as u8,
+            hour: (secs / 3_600) as u8,
+            minute: (secs % 3_600 / 60) as u8,
+            second: (secs % 60) as u8,
+        }
+    }
+}
+
+impl std::fmt::Display for UtcDateTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second
+        )
+    }
+}
+
 /// Playback state as an absolute tuple: at server time `anchor`, the media `url` was at
 /// `position_ms` and advanced at `rate` (unless `paused`). Any device computes the current
 /// position from this tuple and its synchronized clock; nothing drifts in the tuple itself.

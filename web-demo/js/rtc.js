@@ -14,9 +14,40 @@
 // `DISCONNECTED_GRACE_MS` (the page then starts a new session: rejoin), kind 'sdp' when the
 // server's offer or answer could not be applied. ICE candidates are sent only after the first
 // offer/answer (the server refuses them before: candidate_before_offer).
+//
+// Relays: every peer connection gets the TURN servers of the session's `joined` message
+// (`signaling.iceServers`), and `?relay=1` in the page's address makes it use only relayed
+// candidates (`iceTransportPolicy: 'relay'`): for trying TURN out, or on networks where only
+// the relay gets through.
 
 /** A peer connection that stays `disconnected` this long is treated as failed. */
 export const DISCONNECTED_GRACE_MS = 5_000;
+
+/** True when the page's address asks for relayed media only (`?relay=1`). */
+export function relayOnly(loc = globalThis.location) {
+  if (!loc) return false;
+  const value = new URLSearchParams(loc.search).get('relay');
+  return value === '1' || value === 'true';
+}
+
+/** The `RTCConfiguration` for a peer connection: these ICE servers, and the page's policy. */
+export function rtcConfiguration(iceServers = [], loc = globalThis.location) {
+  return { iceServers, iceTransportPolicy: relayOnly(loc) ? 'relay' : 'all' };
+}
+
+/**
+ * A new peer connection with `config`; should the browser refuse the ICE servers (say, a
+ * URL scheme it does not know), one without them, which still works unless relay-only.
+ */
+export function createPeerConnection(config) {
+  try {
+    return new RTCPeerConnection(config);
+  } catch (err) {
+    if (!config.iceServers?.length) throw err;
+    console.warn('[rtc] ICE servers refused, continuing without them:', err.message, config.iceServers);
+    return new RTCPeerConnection({ ...config, iceServers: [] });
+  }
+}
 
 /** The parts both halves share: candidates, connection state, teardown. */
 class PeerSession extends EventTarget {
@@ -50,7 +81,7 @@ class PeerSession extends EventTarget {
 
   newPc() {
     this.close();
-    const pc = new RTCPeerConnection();
+    const pc = createPeerConnection(rtcConfiguration(this.signaling.iceServers ?? []));
     this.pc = pc;
     pc.onicecandidate = (e) => {
       if (pc !== this.pc || !e.candidate) return;

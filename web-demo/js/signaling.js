@@ -8,6 +8,11 @@
 // (`joined`, `offer`, `answer`, `roomState`, `mediaState`, `pong`, `error`), with the
 // parsed message in `event.detail`. The watch party (`partyJoin`, …) rides the same kind of
 // connection: its messages are dispatched the same way (`partyJoined`, `partyEvent`, …).
+//
+// Access and relays: an access token (JWT) given as `?token=` in the page's address is sent
+// in every `join` and `partyJoin` (the server ignores it when it runs without auth), and the
+// TURN servers of the last `joined` are kept in `iceServers` for the peer connections
+// (js/rtc.js) that the page creates after it.
 
 /** Protocol version spoken by this client (`PROTOCOL_VERSION` in protocol.rs). */
 export const PROTOCOL_VERSION = 1;
@@ -29,13 +34,45 @@ export function defaultUrl(loc = window.location) {
   return `${scheme}//${loc.host}/ws`;
 }
 
+/** The access token in the page's address (`?token=`), or null. */
+export function pageToken(loc = globalThis.location) {
+  if (!loc) return null;
+  return new URLSearchParams(loc.search).get('token')?.trim() || null;
+}
+
+/**
+ * The usable entries of a server's `iceServers` list (the `RTCIceServer` shape:
+ * `{urls, username, credential}`): anything malformed is dropped, so a bad entry cannot make
+ * `new RTCPeerConnection` throw.
+ */
+export function validIceServers(list) {
+  if (!Array.isArray(list)) return [];
+  const out = [];
+  for (const s of list) {
+    if (!s || typeof s !== 'object') continue;
+    const urls = (Array.isArray(s.urls) ? s.urls : [s.urls])
+      .filter((u) => typeof u === 'string' && /^(stuns?|turns?):/i.test(u));
+    if (urls.length === 0) continue;
+    const server = { urls };
+    if (typeof s.username === 'string') server.username = s.username;
+    if (typeof s.credential === 'string') server.credential = s.credential;
+    out.push(server);
+  }
+  return out;
+}
+
 export class Signaling extends EventTarget {
   /**
    * @param {string} [url] WebSocket URL; defaults to `/ws` on the page's host.
+   * @param {{token?: string | null}} [options] `token`: access token sent with every join;
+   *   defaults to the page's `?token=`.
    */
-  constructor(url = defaultUrl()) {
+  constructor(url = defaultUrl(), { token = pageToken() } = {}) {
     super();
     this.url = url;
+    this.token = token;
+    /** TURN/STUN servers from the last `joined` (RTCIceServer[]; empty without TURN). */
+    this.iceServers = [];
     /** 'idle' | 'connecting' | 'open' | 'closed' (waiting to reconnect) */
     this.state = 'idle';
     this.maxMessageBytes = DEFAULT_MAX_MESSAGE_BYTES;
@@ -86,10 +123,11 @@ export class Signaling extends EventTarget {
   }
 
   // Typed senders, one per ClientMessage variant.
-  join({ role, room, name = '', hostKey }) {
+  join({ role, room, name = '', hostKey, token = this.token }) {
     const msg = { version: PROTOCOL_VERSION, role, name };
     if (room) msg.room = room;
     if (hostKey) msg.hostKey = hostKey;
+    if (token) msg.token = token;
     return this.send('join', msg);
   }
   offer(sdp) { return this.send('offer', { sdp }); }
@@ -107,9 +145,10 @@ export class Signaling extends EventTarget {
 
   // Watch-party senders (signaling/src/protocol.rs; js/party.js).
   /** Creates a party (no `party`) or joins one; `memberId`/`memberKey`/`lastSeq` resume. */
-  partyJoin({ party, name = '', memberId, memberKey, lastSeq }) {
+  partyJoin({ party, name = '', memberId, memberKey, lastSeq, token = this.token }) {
     const msg = { version: PROTOCOL_VERSION, name };
     if (party) msg.party = party;
+    if (token) msg.token = token;
     if (memberId && memberKey) {
       msg.memberId = memberId;
       msg.memberKey = memberKey;
@@ -176,8 +215,10 @@ export class Signaling extends EventTarget {
       return;
     }
     if (!msg || typeof msg.type !== 'string') return;
-    if (msg.type === 'joined' && msg.limits?.maxMessageBytes) {
-      this.maxMessageBytes = msg.limits.maxMessageBytes;
+    if (msg.type === 'joined') {
+      if (msg.limits?.maxMessageBytes) this.maxMessageBytes = msg.limits.maxMessageBytes;
+      // Fresh credentials with every session; peer connections made from now on use them.
+      this.iceServers = validIceServers(msg.iceServers);
     }
     if (msg.type === 'pong' && msg.id === this.awaitingPong) this.awaitingPong = null;
     this.dispatchEvent(new CustomEvent(msg.type, { detail: msg }));

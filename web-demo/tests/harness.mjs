@@ -8,7 +8,7 @@
 //   CHROMIUM_BIN  browser (default: /usr/bin/chromium, Debian's `chromium` package)
 //
 // The server is started as
-//   marquee --http 127.0.0.1:<free tcp port> --udp 127.0.0.1:<free udp port> --web-root <web-demo>
+//   marquee --http 127.0.0.1:<free tcp port> --udp 127.0.0.1:<free udp port> --web-root <web-demo> --dev
 // and must serve web-demo/ at `/` and the signaling WebSocket at `/ws`.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -22,8 +22,8 @@ import { chromium } from 'playwright-core';
 
 export const WEB_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const RESULTS_DIR = path.join(WEB_ROOT, 'test-results');
-const MARQUEE_BIN = path.resolve(WEB_ROOT, process.env.MARQUEE_BIN ?? '../target/debug/marquee');
-const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+export const MARQUEE_BIN = path.resolve(WEB_ROOT, process.env.MARQUEE_BIN ?? '../target/debug/marquee');
+export const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 
 /** GUIDE §3 flags, plus loopback ICE candidates and autoplay without a click. */
 export const CHROMIUM_ARGS = [
@@ -43,9 +43,13 @@ export async function serverFromEnv() {
   return process.env.MARQUEE_URL ? externalServer(process.env.MARQUEE_URL) : startServer();
 }
 
-export async function launchBrowser() {
+/**
+ * Debian's Chromium with the GUIDE flags. `executablePath` replaces the binary (e.g. a
+ * wrapper that runs it inside a network namespace); `extraArgs` are appended.
+ */
+export async function launchBrowser({ executablePath = CHROMIUM_BIN, extraArgs = [] } = {}) {
   assert.ok(existsSync(CHROMIUM_BIN), `no browser at ${CHROMIUM_BIN}: apt-get install -y chromium`);
-  return chromium.launch({ executablePath: CHROMIUM_BIN, args: CHROMIUM_ARGS, timeout: BROWSER_LAUNCH_MS });
+  return chromium.launch({ executablePath, args: [...CHROMIUM_ARGS, ...extraArgs], timeout: BROWSER_LAUNCH_MS });
 }
 
 /**
@@ -88,12 +92,17 @@ export function externalServer(url) {
   return { url: url.replace(/\/$/, ''), log: () => ['(external server: see its own log)'], stop: async () => {} };
 }
 
-export async function startServer() {
+/**
+ * `--dev` (no access tokens: these tests exercise the pages, not auth) unless `dev: false`;
+ * `extraArgs` are appended to the command line (e.g. `--turn-url …`, `--auth-secret …`).
+ */
+export async function startServer({ dev = true, extraArgs = [] } = {}) {
   assert.ok(existsSync(MARQUEE_BIN),
     `no server binary at ${MARQUEE_BIN}: build it (cargo build -p signaling) or set MARQUEE_BIN / MARQUEE_URL`);
   const httpPort = await freeTcpPort();
   const udpPort = await freeUdpPort();
-  const args = ['--http', `127.0.0.1:${httpPort}`, '--udp', `127.0.0.1:${udpPort}`, '--web-root', WEB_ROOT];
+  const args = ['--http', `127.0.0.1:${httpPort}`, '--udp', `127.0.0.1:${udpPort}`, '--web-root', WEB_ROOT,
+    ...(dev ? ['--dev'] : []), ...extraArgs];
   const lines = [];
   const proc = spawn(MARQUEE_BIN, args, {
     env: { RUST_LOG: 'info', NO_COLOR: '1', ...process.env },
@@ -141,7 +150,7 @@ export async function startServer() {
 }
 
 /** A TCP port free right now (bound to 0, then released for the server to take). */
-function freeTcpPort() {
+export function freeTcpPort() {
   return new Promise((resolve, reject) => {
     const srv = net.createServer();
     srv.unref();
@@ -153,7 +162,7 @@ function freeTcpPort() {
   });
 }
 
-function freeUdpPort() {
+export function freeUdpPort() {
   return new Promise((resolve, reject) => {
     const sock = dgram.createSocket('udp4');
     sock.on('error', reject);
@@ -161,5 +170,122 @@ function freeUdpPort() {
       const { port } = sock.address();
       sock.close(() => resolve(port));
     });
+  });
+}
+
+// ---- Real third-party peers (whip.test.mjs, turn.test.mjs) -----------------------------
+
+/** The repository root (scripts/interop/ lives there). */
+export const REPO_ROOT = path.resolve(WEB_ROOT, '..');
+
+/**
+ * Spawns `command args`, keeping the last `maxLines` lines of its stdout and stderr.
+ * Returns `{name, proc, lines, exited, status(), stop(graceMs), text()}`: `exited` resolves
+ * with `{code, signal}`; `stop` sends SIGTERM, then SIGKILL after `graceMs`.
+ */
+export function spawnLogged(name, command, args, { env = process.env, maxLines = 3000 } = {}) {
+  const lines = [];
+  const proc = spawn(command, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const keep = (chunk) => {
+    lines.push(...chunk.toString().split('\n').filter(Boolean));
+    if (lines.length > maxLines) lines.splice(0, lines.length - maxLines);
+  };
+  proc.stdout.on('data', keep);
+  proc.stderr.on('data', keep);
+  let status = null;
+  proc.on('error', (err) => {
+    lines.push(`spawn error: ${err.message}`);
+  });
+  const exited = new Promise((resolve) => {
+    proc.on('error', () => {
+      status ??= { code: null, signal: null, error: true };
+      resolve(status);
+    });
+    proc.on('exit', (code, signal) => {
+      status = { code, signal };
+      resolve(status);
+    });
+  });
+  return {
+    name,
+    proc,
+    lines,
+    exited,
+    status: () => status,
+    text: (last = 200) => lines.slice(-last).join('\n'),
+    async stop(graceMs = 5_000) {
+      if (status) return status;
+      proc.kill('SIGTERM');
+      const timer = setTimeout(() => proc.kill('SIGKILL'), graceMs);
+      await exited;
+      clearTimeout(timer);
+      return status;
+    },
+  };
+}
+
+/** Waits until `predicate()` (sync or async) is truthy; throws `what` after `timeoutMs`. */
+export async function waitFor(predicate, { timeoutMs, intervalMs = 200, what }) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await predicate();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await sleep(intervalMs);
+  }
+}
+
+/** Frames the `<video>` matching `selector` presents during `ms` (requestVideoFrameCallback). */
+export async function countVideoFrames(page, selector, ms) {
+  return page.evaluate(({ selector, ms }) => new Promise((resolve) => {
+    const video = document.querySelector(selector);
+    let frames = 0;
+    let done = false;
+    const onFrame = () => {
+      if (done) return;
+      frames++;
+      video.requestVideoFrameCallback(onFrame);
+    };
+    video.requestVideoFrameCallback(onFrame);
+    setTimeout(() => { done = true; resolve(frames); }, ms);
+  }), { selector, ms });
+}
+
+/**
+ * Receive-side and ICE facts of the page's `window.marquee.pc`, or null without one:
+ * `{video: {packets, framesDecoded, width, height, codec}, audio: {packets}, pair: {local,
+ * remote, localType, remoteType, protocol, relayProtocol}}` (the selected candidate pair).
+ */
+export async function peerStats(page) {
+  return page.evaluate(async () => {
+    const pc = window.marquee?.pc;
+    if (!pc) return null;
+    const all = await pc.getStats();
+    const out = { video: null, audio: null, outVideo: null, pair: null, connectionState: pc.connectionState };
+    for (const s of all.values()) {
+      if (s.type === 'inbound-rtp') {
+        const entry = {
+          packets: s.packetsReceived ?? 0, framesDecoded: s.framesDecoded ?? 0,
+          width: s.frameWidth ?? 0, height: s.frameHeight ?? 0, codec: all.get(s.codecId)?.mimeType ?? null,
+        };
+        out[s.kind] = entry;
+      } else if (s.type === 'outbound-rtp' && s.kind === 'video') {
+        out.outVideo = { packets: s.packetsSent ?? 0, framesEncoded: s.framesEncoded ?? 0 };
+      } else if (s.type === 'transport' && s.selectedCandidatePairId) {
+        const pair = all.get(s.selectedCandidatePairId);
+        const local = all.get(pair?.localCandidateId);
+        const remote = all.get(pair?.remoteCandidateId);
+        if (pair) {
+          out.pair = {
+            state: pair.state,
+            local: `${local?.address}:${local?.port}`, localType: local?.candidateType ?? null,
+            relayProtocol: local?.relayProtocol ?? null, url: local?.url ?? null,
+            remote: `${remote?.address}:${remote?.port}`, remoteType: remote?.candidateType ?? null,
+            protocol: local?.protocol ?? null,
+          };
+        }
+      }
+    }
+    return out;
   });
 }

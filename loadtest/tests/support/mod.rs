@@ -22,6 +22,10 @@ impl Server {
             http: "127.0.0.1:0".parse().unwrap(),
             udp: "127.0.0.1:0".parse().unwrap(),
             room_state_interval: Duration::from_millis(200),
+            dev: true,
+            // A load generator is one client IP opening hundreds of sessions: raise the
+            // per-IP and per-connection limits as an operator would for a load test.
+            limits: loadtest_limits(),
             ..ServerConfig::default()
         };
         let listener = TcpListener::bind(config.http).await.expect("bind http");
@@ -66,4 +70,19 @@ pub async fn loadtest(args: &[&str]) -> Output {
 pub fn read_json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).expect("report written");
     serde_json::from_str(&text).expect("report is JSON")
+}
+
+fn loadtest_limits() -> signaling::config::LimitsConfig {
+    use signaling::limits::Rate;
+    let generous = Rate {
+        per_second: 10_000.0,
+        burst: 10_000,
+    };
+    signaling::config::LimitsConfig {
+        ws_upgrades_per_ip: generous,
+        http_per_ip: generous,
+        messages_per_connection: generous,
+        chat_per_party: generous,
+        ..Default::default()
+    }
 }

@@ -6,10 +6,15 @@ use sync::{
     SharedState, StoreError, Stored, SyncReport, UnixMillis,
 };
 
+use tracing::Instrument;
+
 use super::{Failure, Session};
+use crate::auth::Grant;
+use crate::join_trace::{JoinTrace, Stage};
 use crate::parties::{Delivery, Entry, classify};
 use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PartyLimits, ServerMessage};
 use crate::rooms::{CODE_LEN, KEY_LEN, normalize_code, random_code};
+use crate::telemetry::JoinKind;
 use crate::wall_clock;
 
 /// Longest client op id.
@@ -49,15 +54,39 @@ impl Session {
                 member_id,
                 member_key,
                 last_seq,
+                token,
             } => {
-                self.party_join(version, party, name, member_id, member_key, last_seq)
-                    .await
+                // Creating a party takes a token for any room (`*`) with `moderate`; joining
+                // one takes a token for it with `subscribe`. The grants then decide the rest.
+                let (room, grant) = match &party {
+                    Some(code) => (
+                        normalize_code(code).map_err(|r| (r.code, r.message))?,
+                        Grant::Subscribe,
+                    ),
+                    None => (String::new(), Grant::Moderate),
+                };
+                let identity = self.authorize(token.as_deref(), &room, grant)?;
+                let mut trace = JoinTrace::start(JoinKind::Party, party.as_deref());
+                let joined = self
+                    .party_join(version, party, name, member_id, member_key, last_seq)
+                    .instrument(trace.stage(Stage::Admit))
+                    .await;
+                match &joined {
+                    Ok(_) => {
+                        self.party_grants = identity.grants;
+                        trace.negotiated();
+                        trace.connected(&self.state.metrics);
+                    }
+                    Err((code, _)) => trace.refused(&self.state.metrics, *code),
+                }
+                joined
             }
             ClientMessage::Playback {
                 op_id,
                 command,
                 base_version,
             } => {
+                self.require(Grant::Control)?;
                 self.operate(op_id, move |p, _, wall, member, op| {
                     p.prepare_playback(wall, &member, command, base_version, op)
                         .map(Accepted::Commit)
@@ -65,6 +94,7 @@ impl Session {
                 .await
             }
             ClientMessage::SetControl { op_id, control } => {
+                self.require(Grant::Moderate)?;
                 self.operate(op_id, move |p, _, wall, member, op| {
                     p.prepare_control(wall, &member, control, op)
                         .map(Accepted::Commit)
@@ -72,6 +102,8 @@ impl Session {
                 .await
             }
             ClientMessage::Chat { op_id, text } => {
+                self.require(Grant::Chat)?;
+                self.check_party_chat_rate()?;
                 self.operate(op_id, move |p, now, wall, member, op| {
                     p.prepare_chat(now, wall, &member, text, op)
                         .map(Accepted::Append)
@@ -79,6 +111,8 @@ impl Session {
                 .await
             }
             ClientMessage::React { op_id, emoji } => {
+                self.require(Grant::Chat)?;
+                self.check_party_chat_rate()?;
                 self.operate(op_id, move |p, now, wall, member, op| {
                     p.prepare_reaction(now, wall, &member, emoji, op)
                         .map(Accepted::Append)
@@ -92,6 +126,9 @@ impl Session {
                 Ok(vec![])
             }
             ClientMessage::Camera { on } => {
+                if on {
+                    self.require(Grant::Publish)?;
+                }
                 let (party, member) = self.party_ids()?;
                 self.with_party(&party, move |p, _, _| p.set_camera(&member, on))
                     .await?;
@@ -117,10 +154,17 @@ impl Session {
                     error_ms,
                     rtt_ms,
                 };
-                self.with_party(&party, move |p, now, wall| {
-                    p.report(now, wall, &member, report)
-                })
-                .await?;
+                let sample = self
+                    .with_party(&party, move |p, now, wall| {
+                        let (taken, _) = p.spread_sample();
+                        p.report(now, wall, &member, report)?;
+                        let (after, newest) = p.spread_sample();
+                        Ok(newest.filter(|_| after > taken))
+                    })
+                    .await?;
+                if let Some(spread) = sample {
+                    self.state.metrics.party_sync_spread(spread);
+                }
                 Ok(vec![])
             }
             ClientMessage::TimeProbe { t0 } => Ok(vec![ServerMessage::TimeReply {
@@ -379,6 +423,38 @@ impl Session {
                 .leave(m.party, m.member, self.id, explicit)
                 .await;
         }
+    }
+
+    /// Refuses what the party token did not grant.
+    fn require(&self, grant: Grant) -> Result<(), Failure> {
+        if self.party.is_some() && !self.party_grants.has(grant) {
+            return Err((
+                ErrorCode::GrantMissing,
+                format!("your access token does not grant `{grant}`"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The whole party's chat budget (each member also has its own, in the sync core).
+    fn check_party_chat_rate(&self) -> Result<(), Failure> {
+        let Some(membership) = &self.party else {
+            return Ok(()); // not joined: `operate` says so
+        };
+        self.state
+            .limits
+            .chat
+            .check(&membership.party.0)
+            .map_err(|retry| {
+                self.state.metrics.rate_limited("chat");
+                (
+                    ErrorCode::RateLimited,
+                    format!(
+                        "this party is chatting faster than it can be shown; retry in {} ms",
+                        retry.0.as_millis().max(1)
+                    ),
+                )
+            })
     }
 
     fn party_ids(&self) -> Result<(PartyId, MemberId), Failure> {

@@ -8,8 +8,10 @@
 // Each test binary uses a different subset of this module.
 #![allow(dead_code, unused_imports)]
 
+pub mod otlp;
 pub mod process;
 pub mod server;
+pub mod tokens;
 
 pub use marquee_client::*;
 pub use process::*;

@@ -43,7 +43,7 @@ impl Node {
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let mut child = Command::new(env!("CARGO_BIN_EXE_marquee"))
             .args(["--http", &http.to_string(), "--udp", "127.0.0.1:0"])
-            .args(["--redis", redis_url])
+            .args(["--redis", redis_url, "--dev"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()
