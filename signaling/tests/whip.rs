@@ -25,6 +25,7 @@ async fn publish(server: &TestServer, room: &str, token: Option<&str>) -> (Publi
     let session = publisher.publish_whip(&http, room, token).await.unwrap();
     publisher.wait_connected(SETTLE).await.unwrap();
     publisher.start_media();
+    wait_live(server).await;
     (publisher, session)
 }
 
@@ -32,15 +33,29 @@ async fn peers(server: &TestServer) -> u64 {
     server.state.sfu.stats().await.unwrap().peers
 }
 
-/// Polls until the server holds `expected` peers (cleanup is asynchronous).
-async fn wait_peers(server: &TestServer, expected: u64) {
-    for _ in 0..100 {
-        if peers(server).await == expected {
+/// Polls until the SFU's stats satisfy `pred` (joins and cleanup are asynchronous).
+async fn wait_stats(server: &TestServer, what: &str, pred: impl Fn(&sfu::SfuStats) -> bool) {
+    for _ in 0..200 {
+        if pred(&server.state.sfu.stats().await.unwrap()) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("expected {expected} peers, have {}", peers(server).await);
+    panic!("{what}: {:?}", server.state.sfu.stats().await.unwrap());
+}
+
+/// Polls until the server holds `expected` peers.
+async fn wait_peers(server: &TestServer, expected: u64) {
+    wait_stats(server, &format!("expected {expected} peers"), |s| {
+        s.peers == expected
+    })
+    .await;
+}
+
+/// Waits until a just-connected host's audio and video tracks are live (the SFU learns a
+/// track from its first packet); a WHEP offer before that is rightly `404 room_not_live`.
+async fn wait_live(server: &TestServer) {
+    wait_stats(server, "the host's two tracks", |s| s.tracks >= 2).await;
 }
 
 #[tokio::test]
@@ -422,6 +437,7 @@ async fn whip_and_whep_require_valid_tokens() {
         .unwrap();
     publisher.wait_connected(SETTLE).await.unwrap();
     publisher.start_media();
+    wait_live(&server).await;
     let player = Subscriber::new().await.unwrap();
     let viewer_token = token(SECRET, "*", &[Grant::Subscribe], 3600);
     let reply = http
