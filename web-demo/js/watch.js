@@ -7,6 +7,7 @@
 // backoff; an unknown room is retried slowly until the host creates it.
 import { Signaling } from './signaling.js';
 import { Subscriber } from './rtc.js';
+import { wirePlayerControls } from './player.js';
 import { initTv } from './tv.js';
 
 initTv();
@@ -75,19 +76,7 @@ if (!room) {
   signaling.start();
 }
 
-ui.unmute.addEventListener('click', () => {
-  ui.video.muted = !ui.video.muted;
-  ui.video.play().catch(() => {});
-  render();
-});
-ui.fullscreen.addEventListener('click', () => {
-  const stage = document.querySelector('.stage');
-  if (document.fullscreenElement) document.exitFullscreen();
-  else (stage.requestFullscreen?.() ?? ui.video.webkitEnterFullscreen?.());
-});
-ui.video.addEventListener('playing', () => { state.playing = true; render(); });
-ui.video.addEventListener('resize', render);
-ui.video.addEventListener('volumechange', render);
+wirePlayerControls(ui, () => { state.playing = true; }, render);
 render();
 
 // ---- Signaling -------------------------------------------------------------------

@@ -26,6 +26,7 @@
 // Debug hooks (tests, console): `window.marquee.state`, `.pc`, `.stream`.
 import { pageToken } from './signaling.js';
 import { createPeerConnection, DISCONNECTED_GRACE_MS, relayOnly } from './rtc.js';
+import { wirePlayerControls } from './player.js';
 import { initTv } from './tv.js';
 
 /** Longest wait for ICE gathering before the offer goes out anyway. */
@@ -208,19 +209,7 @@ function main() {
   document.title = `${room || 'WHEP'} · Marquee`;
   ui.roomLabel.textContent = room ? `Event ${room}${relay ? ' · relay only' : ''}` : endpoint;
 
-  ui.unmute.addEventListener('click', () => {
-    ui.video.muted = !ui.video.muted;
-    ui.video.play().catch(() => {});
-    render();
-  });
-  ui.fullscreen.addEventListener('click', () => {
-    const stage = document.querySelector('.stage');
-    if (document.fullscreenElement) document.exitFullscreen();
-    else (stage.requestFullscreen?.() ?? ui.video.webkitEnterFullscreen?.());
-  });
-  ui.video.addEventListener('playing', () => { state.playing = true; render(); });
-  ui.video.addEventListener('resize', render);
-  ui.video.addEventListener('volumechange', render);
+  wirePlayerControls(ui, () => { state.playing = true; }, render);
 
   // Leaving: free the server's session now rather than after its ICE timeout. A page
   // restored from the back/forward cache starts over.
