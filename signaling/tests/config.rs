@@ -390,7 +390,15 @@ async fn a_server_configured_by_file_serves_and_stops_on_sigterm() -> Result<()>
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{http}/ws")).await?;
     // The shutdown waits for sessions by this series; if it were renamed, the wait would
     // silently stop waiting.
-    let metrics = http_get(http, "/metrics").await?;
+    // (The session is counted by its own task, which may start just after the handshake.)
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = http_get(http, "/metrics").await?;
+        if metrics.contains("marquee_sessions{transport=\"ws\"} 1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         metrics.contains("marquee_sessions{transport=\"ws\"} 1"),
         "{metrics}"
