@@ -395,13 +395,24 @@ impl WsClient {
     /// Sends `join` with this protocol version and waits for `joined`; an `error` instead fails
     /// with a [`ServerError`].
     pub async fn join(&mut self, role: Role, room: Option<&str>, name: &str) -> Result<Joined> {
+        self.join_authorized(role, room, name, None).await
+    }
+
+    /// [`join`](Self::join) with an access token (`None` against a `--dev` server).
+    pub async fn join_authorized(
+        &mut self,
+        role: Role,
+        room: Option<&str>,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<Joined> {
         self.join_with(ClientMessage::Join {
             version: PROTOCOL_VERSION,
             room: room.map(str::to_owned),
             name: name.to_owned(),
             role,
             host_key: None,
-            token: None,
+            token: token.map(str::to_owned),
         })
         .await
     }

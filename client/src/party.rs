@@ -49,16 +49,26 @@ pub struct Identity {
 impl PartyClient {
     /// Creates a party on the server at `ws_url` (`ws://host:port/ws`).
     pub async fn create(ws_url: &str, name: &str) -> Result<Self> {
-        Self::join_with(ws_url, None, name, None).await
+        Self::join_with(ws_url, None, name, None, None).await
     }
 
     pub async fn join(ws_url: &str, party: &str, name: &str) -> Result<Self> {
-        Self::join_with(ws_url, Some(party), name, None).await
+        Self::join_with(ws_url, Some(party), name, None, None).await
+    }
+
+    /// Creates (`party` is `None`) or joins a party with an access token.
+    pub async fn join_authorized(
+        ws_url: &str,
+        party: Option<&str>,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<Self> {
+        Self::join_with(ws_url, party, name, None, token).await
     }
 
     /// Reconnects as the same member, asking for everything after `identity.last_seq`.
     pub async fn resume(ws_url: &str, identity: &Identity, name: &str) -> Result<Self> {
-        Self::join_with(ws_url, Some(&identity.party), name, Some(identity)).await
+        Self::join_with(ws_url, Some(&identity.party), name, Some(identity), None).await
     }
 
     async fn join_with(
@@ -66,6 +76,7 @@ impl PartyClient {
         party: Option<&str>,
         name: &str,
         identity: Option<&Identity>,
+        token: Option<&str>,
     ) -> Result<Self> {
         let mut ws = WsClient::connect_url(ws_url).await?;
         ws.send(&ClientMessage::PartyJoin {
@@ -75,7 +86,7 @@ impl PartyClient {
             member_id: identity.map(|i| i.member_id.clone()),
             member_key: identity.map(|i| i.member_key.clone()),
             last_seq: identity.map(|i| i.last_seq),
-            token: None,
+            token: token.map(str::to_owned),
         })?;
         let joined = ws
             .recv_until_within(PARTY_TIMEOUT, |m| {

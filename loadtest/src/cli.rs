@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use crate::access::Tokens;
 use crate::relay::Impairment;
 use crate::report::{Verdict, table};
 use crate::scenario::{Churn, PartyLoad, Scenario, SignalingLoad, Spike};
@@ -34,6 +35,16 @@ pub struct Args {
     /// PID of the server process, to sample its CPU and memory from /proc.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// The server's token secret: every simulated client then presents its own access
+    /// token, as against a production server. Without it, the server must run with --dev.
+    ///
+    /// Prefer the environment variable or --auth-secret-file: a flag shows in `ps`. Never
+    /// put it in a scenario file.
+    #[arg(long, env = "MARQUEE_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+    /// A file holding the server's token secret (a trailing newline is ignored).
+    #[arg(long, env = "MARQUEE_AUTH_SECRET_FILE", conflicts_with = "auth_secret")]
+    pub auth_secret_file: Option<PathBuf>,
 
     /// Spike: number of viewers of the live event.
     #[arg(long, allow_hyphen_values = true)]
@@ -155,6 +166,19 @@ pub fn parse_departure(spec: &str) -> Result<Departure> {
 }
 
 impl Args {
+    /// The clients' access tokens: from the secret given, or none.
+    pub fn tokens(&self, now_unix: u64) -> Result<Tokens> {
+        let secret = match (&self.auth_secret, &self.auth_secret_file) {
+            (Some(secret), _) => secret.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("--auth-secret-file {}", path.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+            (None, None) => return Ok(Tokens::none()),
+        };
+        Tokens::with_secret(&secret, now_unix)
+    }
+
     /// The scenario: the file (if any) with the flags applied on top.
     pub fn scenario(&self) -> Result<Scenario> {
         let mut s = match &self.scenario {
@@ -266,8 +290,12 @@ pub fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let scenario = match args.scenario() {
-        Ok(s) => s,
+    let now_unix = (crate::run::unix_ms_f64() / 1000.0) as u64;
+    let (scenario, tokens) = match args
+        .scenario()
+        .and_then(|s| Ok((s, args.tokens(now_unix)?)))
+    {
+        Ok(parsed) => parsed,
         Err(err) => {
             eprintln!("loadtest: {err:#}");
             return ExitCode::from(EXIT_BAD_INPUT);
@@ -283,14 +311,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(Verdict::Error.exit_code());
         }
     };
-    let code = runtime.block_on(execute(&args, &scenario));
+    let code = runtime.block_on(execute(&args, &scenario, tokens));
     // Viewer connections still closing must not hold the process.
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     ExitCode::from(code)
 }
 
 /// Resolves and checks the server, runs, prints and writes the reports; the exit code.
-pub async fn execute(args: &Args, scenario: &Scenario) -> u8 {
+pub async fn execute(args: &Args, scenario: &Scenario, tokens: Tokens) -> u8 {
     let server = match preflight(&scenario.server).await {
         Ok(addr) => addr,
         Err(err) => {
@@ -298,7 +326,7 @@ pub async fn execute(args: &Args, scenario: &Scenario) -> u8 {
             return Verdict::Error.exit_code();
         }
     };
-    let report = crate::run::run(scenario, server, !args.no_progress).await;
+    let report = crate::run::run(scenario, server, tokens, !args.no_progress).await;
     println!("{}", table::render(&report));
     for (path, write) in [
         (
@@ -346,6 +374,34 @@ async fn preflight(server: &str) -> Result<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_secret_file_signs_the_clients_tokens() {
+        let secret = "a-secret-mounted-as-a-file-0123456789abc";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, format!("{secret}\r\n")).unwrap();
+        let args = Args::try_parse_from([
+            "loadtest".as_ref(),
+            "--auth-secret-file".as_ref(),
+            file.as_os_str(),
+        ])
+        .unwrap();
+        let token = args
+            .tokens(1_800_000_000)
+            .unwrap()
+            .mint(crate::access::ClientRole::Viewer, "v")
+            .expect("a token with a secret");
+        let key = signaling::auth::TokenKey::new(secret.as_bytes()).unwrap();
+        assert!(key.verify(&token, 1_800_000_000).is_ok());
+        let none = Args::try_parse_from(["loadtest"]).unwrap();
+        assert!(
+            none.tokens(0)
+                .unwrap()
+                .mint(crate::access::ClientRole::Host, "h")
+                .is_none()
+        );
+    }
 
     #[test]
     fn arrival_and_departure_specs() {

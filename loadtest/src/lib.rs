@@ -4,6 +4,7 @@
 //! [`relay`]'s impairment model) are unit-tested on their own; the drivers (viewers, hosts,
 //! party members, the `/proc` [`probe`]) talk to a real server.
 
+pub mod access;
 pub mod cli;
 pub mod metrics;
 pub mod probe;

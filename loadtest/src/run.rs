@@ -18,6 +18,7 @@ use sync::{ClockSync, EventBody, PlaybackCommand, ProbeSample, UnixMillis};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::access::{ClientRole, Tokens};
 use crate::metrics::{Histograms, Metric};
 use crate::probe::{self, LagMeter, ProcSample};
 use crate::progress::{Progress, Snapshot};
@@ -87,7 +88,14 @@ pub async fn resolve_server(server: &str) -> Result<SocketAddr> {
 }
 
 /// Runs `scenario` (already validated) against `server`.
-pub async fn run(scenario: &Scenario, server: SocketAddr, show_progress: bool) -> Report {
+/// Runs `scenario` against `server`; the clients present `tokens` (none against `--dev`).
+pub async fn run(
+    scenario: &Scenario,
+    server: SocketAddr,
+    tokens: Tokens,
+    show_progress: bool,
+) -> Report {
+    let tokens = Arc::new(tokens);
     let started = now();
     let started_unix_ms = sync_unix_ms().0.max(0) as u64;
     let live = Arc::new(Live::default());
@@ -112,7 +120,7 @@ pub async fn run(scenario: &Scenario, server: SocketAddr, show_progress: bool) -
     let mut parts = JoinSet::new();
     let needs_host =
         scenario.spike.as_ref().is_some_and(|s| s.room.is_none()) || scenario.churn.is_some();
-    let media = Media::start(needs_host, scenario, server).await;
+    let media = Media::start(needs_host, scenario, server, Arc::clone(&tokens)).await;
     match media {
         Err(err) => live.error(format!("starting the synthetic host: {err:#}")),
         Ok(media) => {
@@ -135,16 +143,23 @@ pub async fn run(scenario: &Scenario, server: SocketAddr, show_progress: bool) -
                 let pid = scenario.server_pid;
                 parts.spawn(async move { run_churn(&churn, pid, &media, &live, &h).await });
             }
+            let target = Target {
+                server,
+                tokens: Arc::clone(&tokens),
+            };
             if let Some(signaling) = scenario.signaling.clone() {
-                let (live, h) = (Arc::clone(&live), Arc::clone(&histograms));
+                let (target, live, h) =
+                    (target.clone(), Arc::clone(&live), Arc::clone(&histograms));
                 let seed = scenario.seed;
-                parts
-                    .spawn(async move { run_signaling(&signaling, seed, server, &live, &h).await });
+                parts.spawn(
+                    async move { run_signaling(&signaling, seed, &target, &live, &h).await },
+                );
             }
             if let Some(party) = scenario.party.clone() {
-                let (live, h) = (Arc::clone(&live), Arc::clone(&histograms));
+                let (target, live, h) =
+                    (target.clone(), Arc::clone(&live), Arc::clone(&histograms));
                 let seed = scenario.seed;
-                parts.spawn(async move { run_parties(&party, seed, server, &live, &h).await });
+                parts.spawn(async move { run_parties(&party, seed, &target, &live, &h).await });
             }
             while let Some(result) = parts.join_next().await {
                 match result {
@@ -180,19 +195,33 @@ pub async fn run(scenario: &Scenario, server: SocketAddr, show_progress: bool) -
     )
 }
 
+/// The server under test, and the tokens its clients present.
+#[derive(Clone)]
+struct Target {
+    server: SocketAddr,
+    tokens: Arc<Tokens>,
+}
+
 /// The synthetic host and the optional impairment relay the media parts share.
 struct Media {
     server: SocketAddr,
+    tokens: Arc<Tokens>,
     room: Option<String>,
     host: Option<Arc<Host>>,
     relay: Option<ImpairedRelay>,
 }
 
 impl Media {
-    async fn start(needs_host: bool, scenario: &Scenario, server: SocketAddr) -> Result<Self> {
+    async fn start(
+        needs_host: bool,
+        scenario: &Scenario,
+        server: SocketAddr,
+        tokens: Arc<Tokens>,
+    ) -> Result<Self> {
         let room = scenario.spike.as_ref().and_then(|s| s.room.clone());
         let mut media = Media {
             server,
+            tokens,
             room,
             host: None,
             relay: None,
@@ -206,13 +235,13 @@ impl Media {
                 server,
                 HostOptions {
                     name: "loadtest host".to_owned(),
+                    token: media.tokens.mint(ClientRole::Host, "host"),
                     media: media_config(bitrate),
                     start_media: true,
                     ..HostOptions::default()
                 },
             )
-            .await
-            .context("host join")?;
+            .await?;
             host.wait_connected(Duration::from_secs(10))
                 .await
                 .context("host media connection")?;
@@ -251,6 +280,7 @@ impl Media {
                 .room
                 .clone()
                 .ok_or_else(|| anyhow!("no room to join"))?,
+            token: self.tokens.mint(ClientRole::Viewer, &name),
             name,
             sample_every: spike.sample_every,
             route_via: self.relay.as_ref().map(ImpairedRelay::addr),
@@ -479,16 +509,23 @@ async fn run_churn(
 async fn run_signaling(
     load: &SignalingLoad,
     seed: u64,
-    server: SocketAddr,
+    target: &Target,
     live: &Arc<Live>,
     histograms: &SharedHistograms,
 ) -> Result<()> {
+    let server = target.server;
     // A host with no media owns the room the clients join.
     let mut host = WsClient::connect(server)
         .await
         .context("signaling host connect")?;
+    let host_token = target.tokens.mint(ClientRole::Host, "signaling host");
     let room = host
-        .join(Role::Host, None, "loadtest signaling host")
+        .join_authorized(
+            Role::Host,
+            None,
+            "loadtest signaling host",
+            host_token.as_deref(),
+        )
         .await
         .context("signaling host join")?
         .room;
@@ -501,6 +538,9 @@ async fn run_signaling(
     while let Some(at) = arrivals.poll_timeout() {
         tokio::time::sleep_until(at.into()).await;
         while let Some(i) = arrivals.poll_due(now()) {
+            let token = target
+                .tokens
+                .mint(ClientRole::Viewer, &format!("client {i}"));
             let (room, live, histograms, mut leave) = (
                 room.clone(),
                 Arc::clone(live),
@@ -512,8 +552,13 @@ async fn run_signaling(
                 let joined = async {
                     let mut ws = WsClient::connect(server).await?;
                     let open = now();
-                    ws.join(Role::Viewer, Some(&room), &format!("client {i}"))
-                        .await?;
+                    ws.join_authorized(
+                        Role::Viewer,
+                        Some(&room),
+                        &format!("client {i}"),
+                        token.as_deref(),
+                    )
+                    .await?;
                     anyhow::Ok((ws, open, now()))
                 }
                 .await;
@@ -551,22 +596,28 @@ async fn run_signaling(
 async fn run_parties(
     load: &PartyLoad,
     seed: u64,
-    server: SocketAddr,
+    target: &Target,
     live: &Arc<Live>,
     histograms: &SharedHistograms,
 ) -> Result<()> {
-    let ws_url = format!("ws://{server}/ws");
+    let ws_url = format!("ws://{}/ws", target.server);
     lock(&live.counts).parties += load.parties;
     let mut parties = JoinSet::new();
     for p in 0..load.parties {
-        let (load, ws_url, live, histograms) = (
+        let (load, ws_url, tokens, live, histograms) = (
             load.clone(),
             ws_url.clone(),
+            Arc::clone(&target.tokens),
             Arc::clone(live),
             Arc::clone(histograms),
         );
         parties.spawn(async move {
-            if let Err(err) = run_party(&load, seed ^ p, &ws_url, &live, &histograms).await {
+            let party = PartySetup {
+                ws_url: &ws_url,
+                index: p,
+                tokens: &tokens,
+            };
+            if let Err(err) = run_party(&load, seed ^ p, &party, &live, &histograms).await {
                 live.error(format!("party {p}: {err:#}"));
             }
         });
@@ -586,20 +637,36 @@ struct MemberLog {
     refused: u64,
 }
 
+/// Where one party meets and how its members authenticate.
+struct PartySetup<'a> {
+    ws_url: &'a str,
+    /// Which party of the run (distinct token identities).
+    index: u64,
+    tokens: &'a Tokens,
+}
+
 async fn run_party(
     load: &PartyLoad,
     seed: u64,
-    ws_url: &str,
+    party: &PartySetup<'_>,
     live: &Live,
     histograms: &SharedHistograms,
 ) -> Result<()> {
-    let host = PartyClient::create(ws_url, "party host")
+    let (ws_url, p) = (party.ws_url, party.index);
+    let token = party
+        .tokens
+        .mint(ClientRole::PartyCreator, &format!("party {p} host"));
+    let host = PartyClient::join_authorized(ws_url, None, "party host", token.as_deref())
         .await
         .context("creating a party")?;
     let code = host.party.clone();
     let mut members = vec![host];
     for m in 1..load.members {
-        match PartyClient::join(ws_url, &code, &format!("member {m}")).await {
+        let token = party
+            .tokens
+            .mint(ClientRole::PartyMember, &format!("party {p} member {m}"));
+        let name = format!("member {m}");
+        match PartyClient::join_authorized(ws_url, Some(&code), &name, token.as_deref()).await {
             Ok(member) => members.push(member),
             Err(err) => {
                 lock(&live.counts).members_failed += 1;
@@ -611,6 +678,10 @@ async fn run_party(
     live.active
         .fetch_add(members.len() as u64, Ordering::Relaxed);
     let end = tokio::time::Instant::now() + Duration::from_secs_f64(load.duration_s);
+    let finish = Arc::new(PartyFinish {
+        members: members.len() as u64,
+        ..PartyFinish::default()
+    });
     let mut tasks = JoinSet::new();
     for (i, member) in members.into_iter().enumerate() {
         let load = load.clone();
@@ -619,7 +690,7 @@ async fn run_party(
             i == 0,
             load,
             seed.wrapping_add(i as u64),
-            end,
+            (end, Arc::clone(&finish)),
         ));
     }
     let mut logs = Vec::new();
@@ -638,14 +709,38 @@ async fn run_party(
     Ok(())
 }
 
+/// How a party's members end together: once every member has stopped sending, each reads
+/// on until it holds the highest sequence number any member's chat or command was
+/// acknowledged with, so the fan-out counts compare complete logs (a fixed wait after the
+/// end is too short on a loaded machine).
+#[derive(Default)]
+struct PartyFinish {
+    members: u64,
+    stopped: AtomicU64,
+    highest_ack: AtomicU64,
+}
+
+/// Counts its member as stopped when dropped: at the end of sending, or on an early error.
+struct Stopped(Arc<PartyFinish>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.stopped.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The longest a member reads on after the end for the others' last events.
+const PARTY_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 async fn member_loop(
     mut client: PartyClient,
     is_host: bool,
     load: PartyLoad,
     seed: u64,
-    end: tokio::time::Instant,
+    (end, finish): (tokio::time::Instant, Arc<PartyFinish>),
 ) -> Result<MemberLog> {
     use rand::{Rng, SeedableRng};
+    let stopped = Stopped(Arc::clone(&finish));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut log = MemberLog {
         events: Vec::new(),
@@ -702,7 +797,10 @@ async fn member_loop(
                 .chat_patiently(&format!("hello {}", rng.random::<u32>()))
                 .await
             {
-                Ok(seq) => log.chats.push((seq, sent)),
+                Ok(seq) => {
+                    finish.highest_ack.fetch_max(seq, Ordering::AcqRel);
+                    log.chats.push((seq, sent));
+                }
                 Err(_) => log.refused += 1,
             }
             next_chat = tokio::time::Instant::now() + exp(&mut rng, load.chat_per_member_per_s);
@@ -727,7 +825,10 @@ async fn member_loop(
             let base = Some(client.version());
             let sent = now();
             match client.playback(command, base).await {
-                Ok(seq) => log.commands.push((seq, sent)),
+                Ok(seq) => {
+                    finish.highest_ack.fetch_max(seq, Ordering::AcqRel);
+                    log.commands.push((seq, sent));
+                }
                 Err(_) => log.refused += 1,
             }
             next_command =
@@ -735,9 +836,19 @@ async fn member_loop(
         }
     }
     // Let the last events reach everyone.
-    client
-        .pump_until_instant(tokio::time::Instant::now() + Duration::from_millis(500))
-        .await?;
+    drop(stopped);
+    let drain_until = tokio::time::Instant::now() + PARTY_DRAIN_LIMIT;
+    loop {
+        let all_stopped = finish.stopped.load(Ordering::Acquire) >= finish.members;
+        let complete = client.last_seq() >= finish.highest_ack.load(Ordering::Acquire);
+        let now_t = tokio::time::Instant::now();
+        if (all_stopped && complete) || now_t >= drain_until {
+            break;
+        }
+        client
+            .pump_until_instant(now_t + Duration::from_millis(50))
+            .await?;
+    }
     for (t0, t1, t2, at) in &client.time_replies {
         let t3 = unix_ms_f64() - now().saturating_duration_since(*at).as_secs_f64() * 1000.0;
         log.clock.add(ProbeSample {
@@ -1078,8 +1189,9 @@ fn sync_unix_ms() -> UnixMillis {
     UnixMillis(unix_ms_f64() as i64)
 }
 
+/// Unix time in milliseconds: the wall clock, read at this one marked place (GUIDE §2.2).
 #[allow(clippy::disallowed_methods)]
-fn unix_ms_f64() -> f64 {
+pub(crate) fn unix_ms_f64() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)

@@ -35,6 +35,8 @@ pub struct ViewerSetup {
     pub server: std::net::SocketAddr,
     pub room: String,
     pub name: String,
+    /// The viewer's access token (`None` against a `--dev` server).
+    pub token: Option<String>,
     /// Pass one RTP packet in this many to the WebRTC stack once media flows.
     pub sample_every: u32,
     /// Send media through this relay instead of straight to the server.
@@ -140,6 +142,7 @@ pub async fn run(
     };
     let options = ViewerOptions {
         name: setup.name.clone(),
+        token: setup.token.clone(),
         route_via: setup.route_via,
         subscriber: SubscriberOptions {
             runtime: Some(TapRuntime::new(Arc::clone(&tap))),

@@ -17,12 +17,19 @@ pub struct Server {
 }
 
 impl Server {
+    /// A `--dev` server: no tokens.
     pub async fn start() -> Server {
+        Self::start_with_secret(None).await
+    }
+
+    /// With a token secret every join needs a token signed with it; without, `--dev`.
+    pub async fn start_with_secret(auth_secret: Option<&str>) -> Server {
         let config = ServerConfig {
             http: "127.0.0.1:0".parse().unwrap(),
             udp: "127.0.0.1:0".parse().unwrap(),
             room_state_interval: Duration::from_millis(200),
-            dev: true,
+            dev: auth_secret.is_none(),
+            auth_secret: auth_secret.map(str::to_owned),
             // A load generator is one client IP opening hundreds of sessions: raise the
             // per-IP and per-connection limits as an operator would for a load test.
             limits: loadtest_limits(),
@@ -52,8 +59,20 @@ impl Drop for Server {
 
 /// Runs the `loadtest` binary with `args` (bounded in time) and returns its output.
 pub async fn loadtest(args: &[&str]) -> Output {
+    loadtest_with_env(args, &[]).await
+}
+
+/// [`loadtest`] with extra environment variables.
+pub async fn loadtest_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"));
-    command.args(args).arg("--no-progress").kill_on_drop(true);
+    command
+        .args(args)
+        .arg("--no-progress")
+        // Only what a test sets: not a secret of the environment running the tests.
+        .env_remove("MARQUEE_AUTH_SECRET")
+        .env_remove("MARQUEE_AUTH_SECRET_FILE")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
     let output = tokio::time::timeout(Duration::from_secs(180), command.output())
         .await
         .expect("loadtest finished within 180 s")
