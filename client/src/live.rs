@@ -1703,7 +1703,8 @@ pub struct Host {
 }
 
 impl Host {
-    /// Joins a fresh room with default options; returns once media is connected (and flowing).
+    /// Joins a fresh room with default options; returns once media is connected, with the
+    /// generator started (the server learns the tracks from the first packets, just after).
     pub async fn join(server: SocketAddr) -> Result<Self> {
         Self::join_with(server, HostOptions::default()).await
     }

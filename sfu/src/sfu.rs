@@ -113,6 +113,11 @@ pub struct Sfu {
     next_liveness_sweep: Option<Instant>,
 }
 
+/// How long after a host's first track its other tracks may still be starting (audio and
+/// video start within milliseconds of each other) before a WHEP viewer is given what exists:
+/// see [`Sfu::watchable`].
+const HOST_TRACKS_SETTLE: Duration = Duration::from_secs(2);
+
 /// How often connected peers are checked for silence. One pass over all peers per second is
 /// cheap even with thousands, and avoids touching a timer per packet.
 const LIVENESS_SWEEP: Duration = Duration::from_secs(1);
@@ -129,6 +134,8 @@ struct Peer {
     state: ConnectionState,
     /// Publisher: the host's track id (from `rtc`) → the room track it feeds.
     sources: HashMap<String, TrackId>,
+    /// Publisher: when its first track started.
+    first_source_at: Option<Instant>,
     /// Subscriber: one per room track, in the order they were added.
     subscriptions: Vec<Subscription>,
     /// Subscriber whose client makes the offers (WHEP): the server never offers, so it
@@ -293,8 +300,8 @@ impl Sfu {
     ///
     /// A viewer is given the room's current tracks, one per `m=` section of the matching
     /// kind its offer made (extra tracks are not sent: there is no server offer to add
-    /// them). A room without tracks is refused with [`SfuError::NothingToWatch`]. On any
-    /// error nothing is left behind.
+    /// them). A room that is not [`watchable`](Self::watchable) yet is refused with
+    /// [`SfuError::NothingToWatch`]. On any error nothing is left behind.
     pub fn add_peer_with_offer(
         &mut self,
         now: Instant,
@@ -302,7 +309,7 @@ impl Sfu {
         role: Role,
         offer: &str,
     ) -> Result<(PeerId, String), SfuError> {
-        if role == Role::Subscriber && self.tracks(room).is_empty() {
+        if role == Role::Subscriber && !self.watchable(now, room) {
             return Err(SfuError::NothingToWatch);
         }
         let id = self.create_peer(now, room, role, role == Role::Subscriber)?;
@@ -317,6 +324,28 @@ impl Sfu {
                 Err(err)
             }
         }
+    }
+
+    /// Whether a client-offering (WHEP) viewer can be answered now: the room has tracks and
+    /// its host is not still starting them. Such a viewer keeps the tracks it was answered
+    /// with, so one answered between a host's first and last track (a few milliseconds, but
+    /// a crowd of players retrying while the host goes live hits it) would never get the
+    /// rest; it is told "not live yet" and retries. The host's expected tracks are the
+    /// sections its offer sends on; one that never starts (an unsupported codec, a muted
+    /// camera) stops counting after [`HOST_TRACKS_SETTLE`]. Tracks left by a host that has
+    /// gone, or that is reconnecting, are watchable as they are: its new tracks rebind them.
+    fn watchable(&self, now: Instant, room: &RoomId) -> bool {
+        let Some(r) = self.rooms.get(room).filter(|r| !r.tracks.is_empty()) else {
+            return false;
+        };
+        let Some(host) = r.publisher.and_then(|id| self.peers.get(&id)) else {
+            return true;
+        };
+        let Some(first) = host.first_source_at else {
+            return true;
+        };
+        host.sources.len() >= host.pc.get_receivers().count()
+            || now.saturating_duration_since(first) >= HOST_TRACKS_SETTLE
     }
 
     fn answer_viewer_offer(
@@ -446,6 +475,7 @@ impl Sfu {
                 deadline: None,
                 state: ConnectionState::New,
                 sources: HashMap::new(),
+                first_source_at: None,
                 subscriptions: Vec::new(),
                 client_offers,
                 offer_outstanding: false,
@@ -982,6 +1012,7 @@ impl Sfu {
             }
         };
         if let Some(p) = self.peers.get_mut(&peer) {
+            p.first_source_at.get_or_insert(now);
             p.sources.insert(init.track_id, track_id);
         }
         // Viewers already watching need a keyframe from the new source right away.

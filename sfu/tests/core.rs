@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use harness::*;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use sfu::{Datagram, RoomId, SfuConfig};
+use sfu::{Datagram, RoomId, SfuConfig, SfuError};
 
 const FRAME: Duration = Duration::from_millis(33);
 
@@ -300,4 +300,70 @@ fn h264_is_forwarded_from_an_idr_on() {
         }
         assert!(video.windows(2).all(|p| p[1].0 == p[0].0.wrapping_add(1)));
     }
+}
+
+/// A WHEP viewer keeps the tracks it is answered with (no server offer can add one), so it
+/// is not answered while its host's tracks are still starting: only once all have started.
+#[test]
+fn offering_viewers_are_answered_once_all_the_hosts_tracks_have_started() {
+    let mut h = Harness::new(SfuConfig::default());
+    let room = RoomId::new("room");
+    let host = h.add_host("room");
+    h.run_for(Duration::from_millis(500));
+    assert!(matches!(
+        h.add_offering_viewer("room"),
+        Err(SfuError::NothingToWatch)
+    ));
+    // The host's audio starts first: one of its two tracks.
+    h.write_audio(host, 1);
+    h.run_for(Duration::from_millis(20));
+    assert_eq!(h.sfu.tracks(&room).len(), 1);
+    assert!(
+        matches!(h.add_offering_viewer("room"), Err(SfuError::NothingToWatch)),
+        "answered with audio only, the viewer would never get the video"
+    );
+    h.write_video(host, 1, true);
+    h.run_for(Duration::from_millis(20));
+    assert_eq!(h.sfu.tracks(&room).len(), 2);
+    let v = h.add_offering_viewer("room").expect("both tracks live");
+    h.run_for(Duration::from_millis(500));
+    for seq in 2..=30u16 {
+        h.send_frame(host, seq, seq == 2, FRAME);
+    }
+    let c = &h.clients[v];
+    assert!(c.video().1.len() > 10, "video: {}", c.video().1.len());
+    assert!(c.audio().1.len() > 10, "audio: {}", c.audio().1.len());
+}
+
+/// A host section that never starts (a muted camera, a codec it cannot send) holds WHEP
+/// viewers back only for a moment; then they get what there is.
+#[test]
+fn a_host_track_that_never_starts_stops_holding_offering_viewers_back() {
+    let mut h = Harness::new(SfuConfig::default());
+    let host = h.add_host("room");
+    h.run_for(Duration::from_millis(500));
+    h.write_audio(host, 1);
+    h.run_for(Duration::from_millis(500));
+    assert!(matches!(
+        h.add_offering_viewer("room"),
+        Err(SfuError::NothingToWatch)
+    ));
+    let mut seq = 2u16;
+    let mut answered = None;
+    for _ in 0..100 {
+        h.write_audio(host, seq);
+        seq += 1;
+        h.run_for(FRAME);
+        if let Ok(v) = h.add_offering_viewer("room") {
+            answered = Some(v);
+            break;
+        }
+    }
+    let v = answered.expect("answered with the audio after the settle time");
+    for _ in 0..30 {
+        h.write_audio(host, seq);
+        seq += 1;
+        h.run_for(FRAME);
+    }
+    assert!(h.clients[v].audio().1.len() > 10);
 }

@@ -372,7 +372,8 @@ pub enum ErrorCode {
     /// The token does not grant what was attempted (publish, subscribe, control, chat,
     /// moderate).
     GrantMissing,
-    /// WHEP: the room exists but has no live tracks yet; retry.
+    /// WHEP: the room exists but is not live yet (no tracks, or its host is still starting
+    /// them); retry.
     RoomNotLive,
     /// WHIP/WHEP: no such session resource (ended, or never existed).
     UnknownSession,

@@ -278,7 +278,7 @@ fn sfu_error(err: SfuError) -> HttpError {
         SfuError::NothingToWatch => HttpError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::RoomNotLive,
-            "the room has no live tracks yet; retry when the host is live",
+            "the room is not live yet (no tracks, or its host is still starting them); retry",
         ),
         SfuError::WrongRole(_) | SfuError::NoOfferPending => {
             HttpError::new(StatusCode::CONFLICT, ErrorCode::NotAllowed, err.to_string())

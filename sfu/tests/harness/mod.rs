@@ -22,10 +22,10 @@ use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp;
-use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
+use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use sfu::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuEvent};
@@ -279,20 +279,33 @@ impl Harness {
 
     /// The host sends one RTP packet per track and the world runs for `gap`.
     pub fn send_frame(&mut self, host: usize, seq: u16, keyframe: bool, gap: Duration) {
+        self.write_video(host, seq, keyframe);
+        self.write_audio(host, seq);
+        self.run_for(gap);
+    }
+
+    /// The host writes one video packet (nothing moves until the next pump).
+    pub fn write_video(&mut self, host: usize, seq: u16, keyframe: bool) {
         let now = self.now;
         let c = &mut self.clients[host];
         let (video, video_ssrc) = c.video.unwrap();
-        let (audio, audio_ssrc) = c.audio.unwrap();
         let mime = self.video_mime;
-        let vp8 = video_payload(mime, seq, keyframe);
+        let payload = video_payload(mime, seq, keyframe);
         let mut sender = c.pc.rtp_sender(video).unwrap();
         let pt = payload_type(&mut sender, mime);
         sender
             .write_rtp(
                 now,
-                rtp_packet(pt, seq, u32::from(seq) * 3000, video_ssrc, vp8),
+                rtp_packet(pt, seq, u32::from(seq) * 3000, video_ssrc, payload),
             )
             .unwrap();
+    }
+
+    /// The host writes one audio packet (nothing moves until the next pump).
+    pub fn write_audio(&mut self, host: usize, seq: u16) {
+        let now = self.now;
+        let c = &mut self.clients[host];
+        let (audio, audio_ssrc) = c.audio.unwrap();
         let mut sender = c.pc.rtp_sender(audio).unwrap();
         let pt = payload_type(&mut sender, "audio/opus");
         let opus = Bytes::from(format!("opus-{seq}").into_bytes());
@@ -302,7 +315,36 @@ impl Harness {
                 rtp_packet(pt, seq, u32::from(seq) * 960, audio_ssrc, opus),
             )
             .unwrap();
-        self.run_for(gap);
+    }
+
+    /// A WHEP-style viewer: its receive-only offer (audio + video) is answered by
+    /// `Sfu::add_peer_with_offer`; the SFU's refusal is returned as is.
+    pub fn add_offering_viewer(&mut self, room: &str) -> Result<usize, sfu::SfuError> {
+        let addr: SocketAddr = format!("127.0.0.4:{}", 5000 + self.clients.len())
+            .parse()
+            .unwrap();
+        let mut pc = self.client_pc(addr);
+        for kind in [RtpCodecKind::Audio, RtpCodecKind::Video] {
+            pc.add_transceiver_from_kind(
+                kind,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Recvonly,
+                    streams: Vec::new(),
+                    send_encodings: Vec::new(),
+                }),
+            )
+            .unwrap();
+        }
+        let offer = pc.create_offer(None).unwrap();
+        pc.set_local_description(self.now, offer).unwrap();
+        let sdp = pc.local_description().unwrap().sdp;
+        let (peer, answer) =
+            self.sfu
+                .add_peer_with_offer(self.now, &RoomId::new(room), Role::Subscriber, &sdp)?;
+        pc.set_remote_description(self.now, RTCSessionDescription::answer(answer).unwrap())
+            .unwrap();
+        self.clients.push(Client::new(pc, addr, peer));
+        Ok(self.clients.len() - 1)
     }
 }
 
