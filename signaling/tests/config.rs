@@ -449,12 +449,26 @@ async fn a_connection_that_never_finishes_cannot_hold_the_exit_past_the_grace_pe
     stuck
         .write_all(
             b"POST /whep/ABCD HTTP/1.1\r\nHost: marquee\r\nContent-Type: application/sdp\r\n\
-              Content-Length: 1000\r\n\r\nv=0\r\n",
+              Content-Length: 1000\r\nExpect: 100-continue\r\n\r\n",
         )
         .await?;
     stuck.flush().await?;
-    // Let the server take the request head before the signal.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `100 Continue` comes once the handler reads the body: the request is surely in flight
+    // before the signal.
+    let mut head = Vec::new();
+    tokio::time::timeout(PROCESS_WAIT, async {
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&head).contains("100 Continue") {
+            let n = stuck.read(&mut buf).await?;
+            anyhow::ensure!(n > 0, "closed before 100 Continue");
+            head.extend_from_slice(&buf[..n]);
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("waiting for 100 Continue")??;
+    stuck.write_all(b"v=0\r\n").await?;
+    stuck.flush().await?;
 
     let started = Stopwatch::start();
     server.terminate()?;

@@ -30,13 +30,43 @@ fn expected_payload(config: &MediaConfig, tag: &PayloadTag) -> bytes::Bytes {
 ///
 /// Retransmissions arrive late, so the stream is checked in sequence-number order (extended
 /// across wraparound), which is how a jitter buffer reassembles it.
-fn assert_complete_stream(host: &Host, viewer: &Viewer, kind: MediaKind, name: &str) -> usize {
-    assert_complete_prefix(host, viewer, kind, name, usize::MAX)
+async fn assert_complete_stream(
+    host: &Host,
+    viewer: &Viewer,
+    kind: MediaKind,
+    name: &str,
+) -> usize {
+    // Everything sent until now must arrive: wait for the last of it rather than allow a
+    // fixed number "in flight", which a loaded machine can exceed.
+    let sent = host.sent(kind);
+    let last = sent.last().expect("the host sent packets").tag.clone();
+    viewer
+        .wait_for(SETTLE, |v| {
+            v.packets(kind)
+                .iter()
+                .any(|p| p.tag().as_ref() == Some(&last))
+        })
+        .await
+        .unwrap_or_else(|err| panic!("{name}: the last {kind:?} packet sent never came: {err}"));
+    check_stream(host, &sent, viewer, kind, name, usize::MAX)
 }
 
 /// As [`assert_complete_stream`], over the first `limit` packets in sequence order.
 fn assert_complete_prefix(
     host: &Host,
+    viewer: &Viewer,
+    kind: MediaKind,
+    name: &str,
+    limit: usize,
+) -> usize {
+    check_stream(host, &host.sent(kind), viewer, kind, name, limit)
+}
+
+/// Compares what `viewer` received, in sequence order, with `sent` from the first packet it
+/// got on: the first `limit` packets, or (`usize::MAX`) all of `sent`.
+fn check_stream(
+    host: &Host,
+    sent: &[SentPacket],
     viewer: &Viewer,
     kind: MediaKind,
     name: &str,
@@ -49,15 +79,13 @@ fn assert_complete_prefix(
     received.truncate(limit);
     assert!(!received.is_empty(), "{name}: no {kind:?} received");
     let first_tag = received[0].tag().expect("a synthetic payload");
-    let sent = host.sent(kind);
     let start = sent
         .iter()
         .position(|p| p.tag == first_tag)
         .expect("the first received packet was sent");
-    // Packets still in flight at the end are not counted against the viewer.
     let expected: Vec<_> = sent[start..].iter().take(received.len()).collect();
     assert!(
-        limit != usize::MAX || sent.len() - start - expected.len() <= 5,
+        limit != usize::MAX || expected.len() == sent.len() - start,
         "{name}: {} {kind:?} packets sent after the first were not received",
         sent.len() - start - expected.len()
     );
@@ -131,8 +159,8 @@ async fn three_viewers_get_every_packet_and_a_late_viewer_gets_a_keyframe_on_req
     }
     for (i, v) in viewers.iter().enumerate() {
         let name = format!("viewer {i}");
-        let video = assert_complete_stream(&host, v, MediaKind::Video, &name);
-        let audio = assert_complete_stream(&host, v, MediaKind::Audio, &name);
+        let video = assert_complete_stream(&host, v, MediaKind::Video, &name).await;
+        let audio = assert_complete_stream(&host, v, MediaKind::Audio, &name).await;
         assert!(
             video >= 60 && audio >= 100,
             "{name}: {video} video, {audio} audio"
@@ -255,8 +283,12 @@ async fn a_reconnecting_host_keeps_viewers_on_the_same_stream() {
         after.iter().all(|p| p.ssrc == before[0].ssrc),
         "same SSRC throughout"
     );
-    for pair in after.windows(2) {
-        assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1), "no sequence gap");
+    // In sequence order (a packet repaired by NACK arrives late, as a jitter buffer expects).
+    let mut seqs: Vec<u16> = after.iter().map(|p| p.seq).collect();
+    let base = seqs[0];
+    seqs.sort_by_key(|s| s.wrapping_sub(base));
+    for pair in seqs.windows(2) {
+        assert_eq!(pair[1], pair[0].wrapping_add(1), "no sequence gap");
     }
     assert_eq!(
         viewer.offers_answered(),

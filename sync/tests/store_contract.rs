@@ -300,17 +300,36 @@ async fn the_feed_brings_events_and_presence_of_watched_parties(store: Arc<dyn S
         next(&mut feed, &p).await,
         Feed::Gone(p.clone(), MemberId("ann".into()))
     );
-    // Unwatched: nothing more arrives about it.
+    // Unwatched: nothing more arrives about it. The feed reads one batch at a time, so once
+    // an event of a party watched only after the unwatch has come, no read of `p` is left
+    // in flight (a fixed sleep for that would race a loaded machine).
     store.unwatch(&p);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let q = party();
+    store.create(&q, &stored()).await.unwrap();
+    store.watch(&q, 0);
+    store
+        .append(&q, &chat("bob", "q1", "barrier"))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut feed, &q).await, Feed::Event(_, e) if e.seq == 1));
     store
         .append(&p, &chat("ann", "c3", "unheard"))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    while let Ok(item) = feed.try_recv() {
-        if let Feed::Event(q, e) = item {
-            assert!(q != p, "unwatched party fed: {e:?}");
+    store.append(&q, &chat("bob", "q2", "after")).await.unwrap();
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(5), feed.recv())
+            .await
+            .expect("the feed delivers within 5 s")
+            .expect("feed open");
+        match item {
+            Feed::Event(party, e) if party == q && e.seq == 2 => break,
+            Feed::Event(party, _) | Feed::Presence(party, _) | Feed::Gone(party, _)
+                if party == p =>
+            {
+                panic!("unwatched party fed");
+            }
+            _ => {}
         }
     }
 }
@@ -328,18 +347,28 @@ async fn presence_lapses_after_its_ttl_and_members_are_remembered(store: Arc<dyn
         .map(|p| p.name)
         .collect();
     assert_eq!(names, vec!["ann", "bob"]);
-    // The TTL is 1 s: bob keeps refreshing, ann does not.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    store.put_presence(&p, &presence("bob")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    let names: Vec<String> = store
-        .presence(&p)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
-    assert_eq!(names, vec!["bob"]);
+    // The TTL is 1 s: bob keeps refreshing, ann does not. (Polled rather than timed: a
+    // loaded machine may oversleep, so bob refreshes every 200 ms and must never lapse.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        store.put_presence(&p, &presence("bob")).await.unwrap();
+        let names: Vec<String> = store
+            .presence(&p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert!(names.contains(&"bob".to_owned()), "{names:?}");
+        if names == vec!["bob"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ann's presence never lapsed: {names:?}"
+        );
+    }
 
     let record = MemberRecord {
         member_id: MemberId("ann".into()),
