@@ -39,7 +39,7 @@ async fn assert_complete_stream(
     // Everything sent until now must arrive: wait for the last of it rather than allow a
     // fixed number "in flight", which a loaded machine can exceed.
     let sent = host.sent(kind);
-    let last = sent.last().expect("the host sent packets").tag.clone();
+    let last = sent.last().expect("the host sent packets").tag;
     viewer
         .wait_for(SETTLE, |v| {
             v.packets(kind)
