@@ -334,32 +334,25 @@ async fn the_feed_brings_events_and_presence_of_watched_parties(store: Arc<dyn S
     }
 }
 
+/// The names of the members present in `party`.
+async fn present(store: &dyn Store, party: &PartyId) -> Vec<String> {
+    let presence = store.presence(party).await.unwrap();
+    presence.into_iter().map(|p| p.name).collect()
+}
+
 async fn presence_lapses_after_its_ttl_and_members_are_remembered(store: Arc<dyn Store>) {
     let p = party();
     store.create(&p, &stored()).await.unwrap();
     store.put_presence(&p, &presence("ann")).await.unwrap();
     store.put_presence(&p, &presence("bob")).await.unwrap();
-    let names: Vec<String> = store
-        .presence(&p)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|p| p.name)
-        .collect();
-    assert_eq!(names, vec!["ann", "bob"]);
+    assert_eq!(present(&*store, &p).await, vec!["ann", "bob"]);
     // The TTL is 1 s: bob keeps refreshing, ann does not. (Polled rather than timed: a
     // loaded machine may oversleep, so bob refreshes every 200 ms and must never lapse.)
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         store.put_presence(&p, &presence("bob")).await.unwrap();
-        let names: Vec<String> = store
-            .presence(&p)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| p.name)
-            .collect();
+        let names = present(&*store, &p).await;
         assert!(names.contains(&"bob".to_owned()), "{names:?}");
         if names == vec!["bob"] {
             break;
