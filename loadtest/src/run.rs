@@ -87,15 +87,18 @@ pub async fn resolve_server(server: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("server address {authority:?} resolves to nothing"))
 }
 
-/// Runs `scenario` (already validated) against `server`.
-/// Runs `scenario` against `server`; the clients present `tokens` (none against `--dev`).
+/// Runs `scenario` (already validated) against `server`; the clients present `tokens`
+/// (none against a `--dev` server).
 pub async fn run(
     scenario: &Scenario,
     server: SocketAddr,
     tokens: Tokens,
     show_progress: bool,
 ) -> Report {
-    let tokens = Arc::new(tokens);
+    let target = Target {
+        server,
+        tokens: Arc::new(tokens),
+    };
     let started = now();
     let started_unix_ms = sync_unix_ms().0.max(0) as u64;
     let live = Arc::new(Live::default());
@@ -120,7 +123,7 @@ pub async fn run(
     let mut parts = JoinSet::new();
     let needs_host =
         scenario.spike.as_ref().is_some_and(|s| s.room.is_none()) || scenario.churn.is_some();
-    let media = Media::start(needs_host, scenario, server, Arc::clone(&tokens)).await;
+    let media = Media::start(needs_host, scenario, target.clone()).await;
     match media {
         Err(err) => live.error(format!("starting the synthetic host: {err:#}")),
         Ok(media) => {
@@ -143,10 +146,6 @@ pub async fn run(
                 let pid = scenario.server_pid;
                 parts.spawn(async move { run_churn(&churn, pid, &media, &live, &h).await });
             }
-            let target = Target {
-                server,
-                tokens: Arc::clone(&tokens),
-            };
             if let Some(signaling) = scenario.signaling.clone() {
                 let (target, live, h) =
                     (target.clone(), Arc::clone(&live), Arc::clone(&histograms));
@@ -204,24 +203,18 @@ struct Target {
 
 /// The synthetic host and the optional impairment relay the media parts share.
 struct Media {
-    server: SocketAddr,
-    tokens: Arc<Tokens>,
+    target: Target,
     room: Option<String>,
     host: Option<Arc<Host>>,
     relay: Option<ImpairedRelay>,
 }
 
 impl Media {
-    async fn start(
-        needs_host: bool,
-        scenario: &Scenario,
-        server: SocketAddr,
-        tokens: Arc<Tokens>,
-    ) -> Result<Self> {
+    async fn start(needs_host: bool, scenario: &Scenario, target: Target) -> Result<Self> {
+        let server = target.server;
         let room = scenario.spike.as_ref().and_then(|s| s.room.clone());
         let mut media = Media {
-            server,
-            tokens,
+            target,
             room,
             host: None,
             relay: None,
@@ -235,7 +228,7 @@ impl Media {
                 server,
                 HostOptions {
                     name: "loadtest host".to_owned(),
-                    token: media.tokens.mint(ClientRole::Host, "host"),
+                    token: media.target.tokens.mint(ClientRole::Host, "host"),
                     media: media_config(bitrate),
                     start_media: true,
                     ..HostOptions::default()
@@ -275,12 +268,12 @@ impl Media {
         histograms: &SharedHistograms,
     ) -> Result<ViewerSetup> {
         Ok(ViewerSetup {
-            server: self.server,
+            server: self.target.server,
             room: self
                 .room
                 .clone()
                 .ok_or_else(|| anyhow!("no room to join"))?,
-            token: self.tokens.mint(ClientRole::Viewer, &name),
+            token: self.target.tokens.mint(ClientRole::Viewer, &name),
             name,
             sample_every: spike.sample_every,
             route_via: self.relay.as_ref().map(ImpairedRelay::addr),
@@ -600,24 +593,17 @@ async fn run_parties(
     live: &Arc<Live>,
     histograms: &SharedHistograms,
 ) -> Result<()> {
-    let ws_url = format!("ws://{}/ws", target.server);
     lock(&live.counts).parties += load.parties;
     let mut parties = JoinSet::new();
     for p in 0..load.parties {
-        let (load, ws_url, tokens, live, histograms) = (
+        let (load, target, live, histograms) = (
             load.clone(),
-            ws_url.clone(),
-            Arc::clone(&target.tokens),
+            target.clone(),
             Arc::clone(live),
             Arc::clone(histograms),
         );
         parties.spawn(async move {
-            let party = PartySetup {
-                ws_url: &ws_url,
-                index: p,
-                tokens: &tokens,
-            };
-            if let Err(err) = run_party(&load, seed ^ p, &party, &live, &histograms).await {
+            if let Err(err) = run_party(&load, seed, p, &target, &live, &histograms).await {
                 live.error(format!("party {p}: {err:#}"));
             }
         });
@@ -637,23 +623,18 @@ struct MemberLog {
     refused: u64,
 }
 
-/// Where one party meets and how its members authenticate.
-struct PartySetup<'a> {
-    ws_url: &'a str,
-    /// Which party of the run (distinct token identities).
-    index: u64,
-    tokens: &'a Tokens,
-}
-
+/// Party number `p` of the run (its members' token identities name it).
 async fn run_party(
     load: &PartyLoad,
     seed: u64,
-    party: &PartySetup<'_>,
+    p: u64,
+    target: &Target,
     live: &Live,
     histograms: &SharedHistograms,
 ) -> Result<()> {
-    let (ws_url, p) = (party.ws_url, party.index);
-    let token = party
+    let seed = seed ^ p;
+    let ws_url = &format!("ws://{}/ws", target.server);
+    let token = target
         .tokens
         .mint(ClientRole::PartyCreator, &format!("party {p} host"));
     let host = PartyClient::join_authorized(ws_url, None, "party host", token.as_deref())
@@ -662,7 +643,7 @@ async fn run_party(
     let code = host.party.clone();
     let mut members = vec![host];
     for m in 1..load.members {
-        let token = party
+        let token = target
             .tokens
             .mint(ClientRole::PartyMember, &format!("party {p} member {m}"));
         let name = format!("member {m}");
@@ -690,7 +671,8 @@ async fn run_party(
             i == 0,
             load,
             seed.wrapping_add(i as u64),
-            (end, Arc::clone(&finish)),
+            end,
+            Arc::clone(&finish),
         ));
     }
     let mut logs = Vec::new();
@@ -737,7 +719,8 @@ async fn member_loop(
     is_host: bool,
     load: PartyLoad,
     seed: u64,
-    (end, finish): (tokio::time::Instant, Arc<PartyFinish>),
+    end: tokio::time::Instant,
+    finish: Arc<PartyFinish>,
 ) -> Result<MemberLog> {
     use rand::{Rng, SeedableRng};
     let stopped = Stopped(Arc::clone(&finish));
