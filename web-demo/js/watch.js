@@ -7,7 +7,7 @@
 // backoff; an unknown room is retried slowly until the host creates it.
 import { Signaling } from './signaling.js';
 import { Subscriber } from './rtc.js';
-import { wirePlayerControls } from './player.js';
+import { readInbound, wirePlayerControls } from './player.js';
 import { initTv } from './tv.js';
 
 initTv();
@@ -203,16 +203,9 @@ setInterval(async () => {
   }
   const stats = await mine.getStats();
   if (mine !== subscriber.pc) return;
-  let packets = 0;
-  for (const s of stats.values()) {
-    if (s.type !== 'inbound-rtp') continue;
-    packets += s.packetsReceived ?? 0;
-    if (s.kind !== 'video') continue;
-    const rate = lastBytes ? ` · ${Math.round(((s.bytesReceived - lastBytes.bytes) * 8) / (s.timestamp - lastBytes.at))} kbps` : '';
-    lastBytes = { bytes: s.bytesReceived, at: s.timestamp };
-    const fps = s.framesPerSecond ? ` ${Math.round(s.framesPerSecond)} fps` : '';
-    ui.stats.textContent = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}${fps}${rate}` : '';
-  }
+  const { packets, line, video } = readInbound(stats, lastBytes);
+  lastBytes = video;
+  if (line !== null) ui.stats.textContent = line;
   const now = performance.now();
   const receiving = state.live && mine.connectionState === 'connected' && subscriber.received.length > 0;
   if (!receiving || packets !== lastPackets.count) {

@@ -26,7 +26,7 @@
 // Debug hooks (tests, console): `window.marquee.state`, `.pc`, `.stream`.
 import { pageToken } from './signaling.js';
 import { createPeerConnection, DISCONNECTED_GRACE_MS, relayOnly } from './rtc.js';
-import { wirePlayerControls } from './player.js';
+import { readInbound, wirePlayerControls } from './player.js';
 import { initTv } from './tv.js';
 
 /** Longest wait for ICE gathering before the offer goes out anyway. */
@@ -468,21 +468,9 @@ function main() {
     }
     const stats = await mine.getStats();
     if (mine !== pc) return;
-    let packets = 0;
-    let relayed = false;
-    for (const s of stats.values()) {
-      if (s.type === 'transport' && s.selectedCandidatePairId) {
-        const pair = stats.get(s.selectedCandidatePairId);
-        relayed = stats.get(pair?.localCandidateId)?.candidateType === 'relay';
-      }
-      if (s.type !== 'inbound-rtp') continue;
-      packets += s.packetsReceived ?? 0;
-      if (s.kind !== 'video') continue;
-      const rate = lastBytes ? ` · ${Math.round(((s.bytesReceived - lastBytes.bytes) * 8) / (s.timestamp - lastBytes.at))} kbps` : '';
-      lastBytes = { bytes: s.bytesReceived, at: s.timestamp };
-      const fps = s.framesPerSecond ? ` ${Math.round(s.framesPerSecond)} fps` : '';
-      ui.stats.textContent = s.frameWidth ? `${s.frameWidth}×${s.frameHeight}${fps}${rate}` : '';
-    }
+    const { packets, relayed, line, video } = readInbound(stats, lastBytes);
+    lastBytes = video;
+    if (line !== null) ui.stats.textContent = line;
     if (relayed && ui.stats.textContent) ui.stats.textContent += ' · via relay';
     // Counted from the answer on, whatever the connection state says: ICE that never
     // connects, a server that stopped sending, and a remote DTLS close (after which Chrome

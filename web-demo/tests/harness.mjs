@@ -289,3 +289,34 @@ export async function peerStats(page) {
     return out;
   });
 }
+
+/**
+ * Runs a test's `body`; when it throws, the error (also printed) gains what each of
+ * `pages` showed, `pageState(page)` and its last console lines, then `extra()`'s parts (the
+ * processes' last log lines), so a browser-test failure in CI explains itself. `pages` is
+ * emptied first: the body pushes the pages it opens. `onFailedPage(page)` runs after a
+ * page's report (a screenshot); its errors are ignored.
+ */
+export async function runWithDiagnostics(pages, body, { pageState, onFailedPage, extra = () => [] }) {
+  pages.length = 0;
+  try {
+    await body();
+  } catch (err) {
+    const parts = [];
+    for (const page of pages) {
+      let state;
+      try {
+        state = await pageState(page);
+      } catch (e) {
+        state = `(unavailable: ${e.message})`;
+      }
+      parts.push(`--- page ${page.marqueeName} (${page.url()})\nstate: ${state}\n${page.marqueeLog.slice(-80).join('\n')}`);
+      await onFailedPage?.(page).catch(() => {});
+    }
+    parts.push(...extra());
+    const diagnostics = parts.join('\n');
+    console.error(diagnostics);
+    err.message += `\n\n${diagnostics}`;
+    throw err;
+  }
+}

@@ -10,7 +10,8 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
-  RESULTS_DIR, assertNoPageErrors as assertNoErrorsIn, launchBrowser, openPage as openRecordedPage, serverFromEnv,
+  RESULTS_DIR, assertNoPageErrors as assertNoErrorsIn, countVideoFrames, launchBrowser, openPage as openRecordedPage, serverFromEnv,
+  runWithDiagnostics,
 } from './harness.mjs';
 
 /** Bounds: every wait in this file is one of these, so a hang fails fast and says where. */
@@ -133,7 +134,7 @@ function openPage(context, name, url) {
 async function assertWatching(viewers, when) {
   const checks = await Promise.all(viewers.map(async (viewer) => ({
     name: viewer.marqueeName,
-    frames: await countFrames(viewer, FRAME_WINDOW_MS),
+    frames: await countVideoFrames(viewer, '#video', FRAME_WINDOW_MS),
     audio: await audioPacketsRise(viewer, AUDIO_WINDOW_MS),
     size: await viewer.evaluate(() => {
       const v = document.querySelector('#video');
@@ -161,76 +162,48 @@ function assertNoPageErrors() {
 }
 
 /** Runs `body`; on failure appends page logs, page state and the server's log to the error. */
-async function withDiagnostics(body) {
-  pages.length = 0;
-  try {
-    await body();
-  } catch (err) {
-    const parts = [];
-    for (const page of pages) {
-      let state = '';
-      try {
-        state = await page.evaluate(async () => {
-          const pc = window.marquee?.pc;
-          const rtp = [];
-          if (pc) {
-            const all = await pc.getStats();
-            const selected = [...all.values()].find((s) => s.type === 'transport')?.selectedCandidatePairId;
-            for (const s of all.values()) {
-              if (s.type === 'candidate-pair' && (s.nominated || s.id === selected)) {
-                const local = all.get(s.localCandidateId);
-                const remote = all.get(s.remoteCandidateId);
-                rtp.push(`ice pair ${local?.address}:${local?.port} -> ${remote?.address}:${remote?.port}`
-                  + `${s.id === selected ? ' (selected)' : ''} nominated=${s.nominated} ${s.state}`
-                  + ` packetsSent=${s.packetsSent} packetsReceived=${s.packetsReceived}`);
-              }
-              if (s.type !== 'inbound-rtp' && s.type !== 'outbound-rtp') continue;
-              rtp.push(`${s.type} ${s.kind} ssrc=${s.ssrc} packets=${s.packetsReceived ?? s.packetsSent}`
-                + ` frames=${s.framesDecoded ?? s.framesEncoded ?? '-'} ${s.frameWidth ?? ''}x${s.frameHeight ?? ''}`
-                + ` pli=${s.pliCount ?? '-'} nack=${s.nackCount ?? '-'}`);
+function withDiagnostics(body) {
+  return runWithDiagnostics(pages, body, {
+    pageState: async (page) => {
+      return await page.evaluate(async () => {
+        const pc = window.marquee?.pc;
+        const rtp = [];
+        if (pc) {
+          const all = await pc.getStats();
+          const selected = [...all.values()].find((s) => s.type === 'transport')?.selectedCandidatePairId;
+          for (const s of all.values()) {
+            if (s.type === 'candidate-pair' && (s.nominated || s.id === selected)) {
+              const local = all.get(s.localCandidateId);
+              const remote = all.get(s.remoteCandidateId);
+              rtp.push(`ice pair ${local?.address}:${local?.port} -> ${remote?.address}:${remote?.port}`
+                + `${s.id === selected ? ' (selected)' : ''} nominated=${s.nominated} ${s.state}`
+                + ` packetsSent=${s.packetsSent} packetsReceived=${s.packetsReceived}`);
             }
+            if (s.type !== 'inbound-rtp' && s.type !== 'outbound-rtp') continue;
+            rtp.push(`${s.type} ${s.kind} ssrc=${s.ssrc} packets=${s.packetsReceived ?? s.packetsSent}`
+              + ` frames=${s.framesDecoded ?? s.framesEncoded ?? '-'} ${s.frameWidth ?? ''}x${s.frameHeight ?? ''}`
+              + ` pli=${s.pliCount ?? '-'} nack=${s.nackCount ?? '-'}`);
           }
-          return JSON.stringify({
-            state: window.marquee?.state,
-            pc: pc && {
-              connectionState: pc.connectionState,
-              iceConnectionState: pc.iceConnectionState,
-              signalingState: pc.signalingState,
-            },
-            rtp,
-          });
+        }
+        return JSON.stringify({
+          state: window.marquee?.state,
+          pc: pc && {
+            connectionState: pc.connectionState,
+            iceConnectionState: pc.iceConnectionState,
+            signalingState: pc.signalingState,
+          },
+          rtp,
         });
-      } catch (e) {
-        state = `(unavailable: ${e.message})`;
-      }
-      parts.push(`--- page ${page.marqueeName} (${page.url()})\nstate: ${state}\n${page.marqueeLog.slice(-80).join('\n')}`);
-    }
-    parts.push(`--- server log (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`);
-    const diagnostics = parts.join('\n');
-    console.error(diagnostics);
-    err.message += `\n\n${diagnostics}`;
-    throw err;
-  }
+      });
+    },
+    extra: () => [
+      `--- server log (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`,
+    ],
+  });
 }
 
 async function activeId(page) {
   return page.evaluate(() => document.activeElement?.id ?? null);
-}
-
-/** Number of frames the viewer's <video> presents during `ms`. */
-async function countFrames(page, ms) {
-  return page.evaluate((ms) => new Promise((resolve) => {
-    const video = document.querySelector('#video');
-    let frames = 0;
-    let done = false;
-    const onFrame = () => {
-      if (done) return;
-      frames++;
-      video.requestVideoFrameCallback(onFrame);
-    };
-    video.requestVideoFrameCallback(onFrame);
-    setTimeout(() => { done = true; resolve(frames); }, ms);
-  }), ms);
 }
 
 /** `packetsReceived` of the viewer's inbound audio RTP stream, read twice `ms` apart. */

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   RESULTS_DIR, assertNoPageErrors, launchBrowser, openPage, serverFromEnv,
+  runWithDiagnostics,
 } from './harness.mjs';
 
 /** The largest accepted difference between the two players, in ms. */
@@ -317,47 +318,33 @@ async function waitAll(list, fn, timeout) {
 
 // ---- Diagnostics -----------------------------------------------------------------------------
 
-async function withDiagnostics(body) {
-  pages.length = 0;
-  try {
-    await body();
-  } catch (err) {
-    const parts = [];
-    for (const page of pages) {
-      let state = '';
-      try {
-        state = await page.evaluate(() => {
-          const m = window.marquee;
-          const v = document.querySelector('#video');
-          return JSON.stringify({
-            state: { ...m.state, members: m.state.members.map((x) => `${x.name}:${x.status}:${x.deviationMs}`) },
-            video: v && {
-              src: v.currentSrc, currentTime: v.currentTime, paused: v.paused, seeking: v.seeking,
-              readyState: v.readyState, playbackRate: v.playbackRate, error: v.error?.message,
-            },
-            player: {
-              status: m.player.status, last: m.player.last, counts: m.player.counts,
-              seekLatency: m.player.seekLatency.value, current: m.player.current, next: m.player.next,
-            },
-            clock: { offset: m.clock.offset, rtt: m.clock.rtt, samples: m.clock.sync.samples.length },
-            chat: [...document.querySelectorAll('#chat-log .msg')].map((li) => li.textContent).slice(-20),
-          });
+function withDiagnostics(body) {
+  return runWithDiagnostics(pages, body, {
+    pageState: async (page) => {
+      return await page.evaluate(() => {
+        const m = window.marquee;
+        const v = document.querySelector('#video');
+        return JSON.stringify({
+          state: { ...m.state, members: m.state.members.map((x) => `${x.name}:${x.status}:${x.deviationMs}`) },
+          video: v && {
+            src: v.currentSrc, currentTime: v.currentTime, paused: v.paused, seeking: v.seeking,
+            readyState: v.readyState, playbackRate: v.playbackRate, error: v.error?.message,
+          },
+          player: {
+            status: m.player.status, last: m.player.last, counts: m.player.counts,
+            seekLatency: m.player.seekLatency.value, current: m.player.current, next: m.player.next,
+          },
+          clock: { offset: m.clock.offset, rtt: m.clock.rtt, samples: m.clock.sync.samples.length },
+          chat: [...document.querySelectorAll('#chat-log .msg')].map((li) => li.textContent).slice(-20),
         });
-      } catch (e) {
-        state = `(unavailable: ${e.message})`;
-      }
-      parts.push(`--- page ${page.marqueeName} (${page.url()})\nstate: ${state}\n${page.marqueeLog.slice(-60).join('\n')}`);
-      try {
-        await mkdir(RESULTS_DIR, { recursive: true });
-        await page.screenshot({ path: path.join(RESULTS_DIR, `party-failure-${page.marqueeName}.png`), timeout: 5_000 });
-      } catch {
-        // a closed page has nothing to show
-      }
-    }
-    parts.push(`--- server log (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`);
-    const diagnostics = parts.join('\n');
-    console.error(diagnostics);
-    err.message += `\n\n${diagnostics}`;
-    throw err;
-  }
+      });
+    },
+    onFailedPage: async (page) => {
+      await mkdir(RESULTS_DIR, { recursive: true });
+      await page.screenshot({ path: path.join(RESULTS_DIR, `party-failure-${page.marqueeName}.png`), timeout: 5_000 });
+    },
+    extra: () => [
+      `--- server log (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`,
+    ],
+  });
 }

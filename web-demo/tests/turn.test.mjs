@@ -21,6 +21,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   RESULTS_DIR, assertNoPageErrors, countVideoFrames, freeUdpPort, launchBrowser, openPage, peerStats,
   spawnLogged, startServer, waitFor,
+  runWithDiagnostics,
 } from './harness.mjs';
 
 const TURNSERVER = process.env.TURNSERVER_BIN ?? '/usr/bin/turnserver';
@@ -188,30 +189,18 @@ function stunBindingAnswered(port) {
 
 // ---- Diagnostics -------------------------------------------------------------------------
 
-async function withDiagnostics(body) {
-  pages.length = 0;
-  try {
-    await body();
-  } catch (err) {
-    const parts = [];
-    for (const page of pages) {
-      let state = '';
-      try {
-        state = JSON.stringify({
-          state: await page.evaluate(() => window.marquee?.state),
-          iceServers: await page.evaluate(() => window.marquee?.signaling?.iceServers ?? window.marquee?.state?.iceServers),
-          stats: await peerStats(page),
-        });
-      } catch (e) {
-        state = `(unavailable: ${e.message})`;
-      }
-      parts.push(`--- page ${page.marqueeName} (${page.url()})\nstate: ${state}\n${page.marqueeLog.slice(-60).join('\n')}`);
-    }
-    parts.push(`--- turnserver (last lines)\n${turn?.text(60) ?? ''}`);
-    parts.push(`--- marquee (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`);
-    const diagnostics = parts.join('\n');
-    console.error(diagnostics);
-    err.message += `\n\n${diagnostics}`;
-    throw err;
-  }
+function withDiagnostics(body) {
+  return runWithDiagnostics(pages, body, {
+    pageState: async (page) => {
+      return JSON.stringify({
+        state: await page.evaluate(() => window.marquee?.state),
+        iceServers: await page.evaluate(() => window.marquee?.signaling?.iceServers ?? window.marquee?.state?.iceServers),
+        stats: await peerStats(page),
+      });
+    },
+    extra: () => [
+      `--- turnserver (last lines)\n${turn?.text(60) ?? ''}`,
+      `--- marquee (last lines)\n${server?.log().slice(-60).join('\n') ?? ''}`,
+    ],
+  });
 }

@@ -33,6 +33,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import {
   CHROMIUM_BIN, MARQUEE_BIN, REPO_ROOT, RESULTS_DIR, WEB_ROOT, assertNoPageErrors, countVideoFrames,
   launchBrowser, openPage, peerStats, spawnLogged, waitFor,
+  runWithDiagnostics,
 } from './harness.mjs';
 
 const execFile = promisify(execFileCb);
@@ -396,33 +397,24 @@ function shellQuote(s) {
 
 /** Runs `body`; on failure appends the pages' logs and state, whip-client's and the server's output. */
 async function withDiagnostics(body) {
-  pages.length = 0;
   try {
-    await body();
-  } catch (err) {
-    const parts = [];
-    for (const page of pages) {
-      let state = '';
-      try {
-        state = JSON.stringify({
+    await runWithDiagnostics(pages, body, {
+      pageState: async (page) => {
+        let state = JSON.stringify({
           state: await page.evaluate(() => window.marquee?.state),
           stats: await peerStats(page),
           overlay: await page.evaluate(() => document.querySelector('#overlay')?.textContent),
         });
         state += `\noffer: ${sdpSummary(await page.evaluate(() => window.marquee?.pc?.localDescription?.sdp))}`;
         state += `\nanswer: ${sdpSummary(await page.evaluate(() => window.marquee?.pc?.remoteDescription?.sdp))}`;
-      } catch (e) {
-        state = `(unavailable: ${e.message})`;
-      }
-      parts.push(`--- page ${page.marqueeName} (${page.url()})\nstate: ${state}\n${page.marqueeLog.slice(-60).join('\n')}`);
-    }
-    for (const p of publishers) parts.push(`--- ${p.name} (${JSON.stringify(p.status())})\n${p.text(150)}`);
-    parts.push(`--- turnserver (last lines)\n${turn?.text(30) ?? ''}`);
-    parts.push(`--- marquee (last lines)\n${server?.text(80) ?? ''}`);
-    const diagnostics = parts.join('\n');
-    console.error(diagnostics);
-    err.message += `\n\n${diagnostics}`;
-    throw err;
+        return state;
+      },
+      extra: () => [
+        ...publishers.map((p) => `--- ${p.name} (${JSON.stringify(p.status())})\n${p.text(150)}`),
+        `--- turnserver (last lines)\n${turn?.text(30) ?? ''}`,
+        `--- marquee (last lines)\n${server?.text(80) ?? ''}`,
+      ],
+    });
   } finally {
     await Promise.all(publishers.map((p) => p.stop(3_000)));
     publishers.length = 0;
