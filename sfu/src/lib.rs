@@ -16,9 +16,11 @@ pub mod driver;
 pub mod feedback;
 pub mod ids;
 pub mod keyframe;
+pub mod keytap;
 pub mod rewrite;
 pub mod ring;
 mod sfu;
+pub mod srtp;
 
 pub use config::SfuConfig;
 pub use driver::{SfuHandle, run_driver};
