@@ -44,7 +44,8 @@ fn fanout(c: &mut Criterion) {
                 h.sfu.handle_datagram(now, d);
             }
             seq += 1;
-            reached = std::iter::from_fn(|| h.sfu.poll_transmit()).count();
+            let mut buf = Vec::with_capacity(1500);
+            reached = std::iter::from_fn(|| h.sfu.poll_transmit(&mut buf)).count();
             if reached >= viewers {
                 break;
             }
@@ -57,6 +58,7 @@ fn fanout(c: &mut Criterion) {
         );
         eprintln!("{reached}/{viewers} viewers forwarding");
         group.throughput(Throughput::Elements(reached as u64));
+        let mut buf = Vec::with_capacity(1500);
         group.bench_function(format!("{viewers}_viewers"), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -68,8 +70,8 @@ fn fanout(c: &mut Criterion) {
                     for d in datagrams {
                         h.sfu.handle_datagram(now, d);
                     }
-                    while let Some(t) = h.sfu.poll_transmit() {
-                        black_box(&t);
+                    while let Some(t) = h.sfu.poll_transmit(&mut buf) {
+                        black_box((&t, &buf));
                     }
                     total += start.elapsed();
                 }

@@ -168,16 +168,16 @@ pub fn engine_for(role: Role) -> rtc::shared::error::Result<(MediaEngine, Regist
     }
     let registry = Registry::new();
     let registry = match role {
+        // The host's sender reports are handed to the SFU too: viewers' reports map its clock.
         Role::Publisher => {
             let registry = configure_nack(registry, &mut engine);
             let registry = configure_twcc_receiver_only(registry, &mut engine)?;
-            configure_rtcp_reports(registry)
-        }
-        // Sender and receiver reports, and viewer feedback handed to the SFU: NACKs are
-        // answered from the shared ring, keyframe requests relayed to the host.
-        Role::Subscriber => {
             configure_rtcp_reports(registry).with(FEEDBACK_SLOT, DeliverFeedback::default())
         }
+        // Viewer feedback handed to the SFU: NACKs are answered from the shared ring, keyframe
+        // requests relayed to the host. No report interceptor: forwarded media bypasses
+        // `rtc`, so the SFU writes viewers' sender reports itself.
+        Role::Subscriber => registry.with(FEEDBACK_SLOT, DeliverFeedback::default()),
     };
     Ok((engine, registry))
 }

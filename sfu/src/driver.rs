@@ -202,6 +202,7 @@ pub fn run_driver(
         senders,
         peer_events: HashMap::new(),
         room_events,
+        send_buf: Vec::with_capacity(MAX_DATAGRAM),
     };
     tokio::spawn(driver.run(commands_rx, datagrams_rx, shutdown));
     SfuHandle {
@@ -214,6 +215,8 @@ struct Driver {
     senders: HashMap<SocketAddr, Arc<UdpSocket>>,
     peer_events: HashMap<PeerId, mpsc::Sender<SfuEvent>>,
     room_events: mpsc::Sender<SfuEvent>,
+    /// The one buffer every outgoing datagram is written into, reused.
+    send_buf: Vec<u8>,
 }
 
 impl Driver {
@@ -314,12 +317,12 @@ impl Driver {
     }
 
     async fn flush(&mut self) {
-        while let Some(transmit) = self.sfu.poll_transmit() {
+        while let Some(transmit) = self.sfu.poll_transmit(&mut self.send_buf) {
             let Some(socket) = self.senders.get(&transmit.local) else {
                 continue;
             };
             // Send errors (unreachable peer, full buffer) lose one datagram, like the network.
-            if let Err(err) = socket.send_to(&transmit.payload, transmit.remote).await {
+            if let Err(err) = socket.send_to(&self.send_buf, transmit.remote).await {
                 tracing::trace!(%err, remote = %transmit.remote, "send failed");
             }
         }

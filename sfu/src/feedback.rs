@@ -1,8 +1,8 @@
 //! Getting viewer feedback (NACK, PLI, FIR) out of `rtc`'s interceptor chain.
 //!
 //! In `rtc` 0.21 inbound RTCP ends at the chain's terminus unless an interceptor marks a packet
-//! `DeliverToApplication`. The SFU acts on exactly three kinds of feedback, so it marks those
-//! and leaves receiver reports to the chain's own report interceptors.
+//! `DeliverToApplication`. The SFU acts on viewers' NACK, PLI and FIR and on hosts' sender
+//! reports, so it marks those and leaves the rest to the chain's own interceptors.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -10,10 +10,12 @@ use std::time::Instant;
 use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 
-/// Marks inbound RTCP that carries a NACK, PLI or FIR for delivery to the application.
+/// Marks inbound RTCP that carries a NACK, PLI, FIR or sender report for delivery to the
+/// application.
 /// Outbound packets pass untouched.
 #[derive(Default)]
 pub struct DeliverFeedback {
@@ -27,6 +29,7 @@ pub fn is_actionable_feedback(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<TransportLayerNack>()
         || any.is::<PictureLossIndication>()
         || any.is::<FullIntraRequest>()
+        || any.is::<SenderReport>()
 }
 
 impl Protocol<TaggedPacket, TaggedPacket, ()> for DeliverFeedback {

@@ -88,6 +88,11 @@ pub struct SfuStats {
     pub rooms: u64,
     pub peers: u64,
     pub tracks: u64,
+    /// Gauge: viewers whose media takes the forwarding fast path (keys verified).
+    pub fast_path_viewers: u64,
+    /// Gauge: viewers left on `rtc`'s path because the fast path could not reproduce its
+    /// output (see the warning logged for each).
+    pub rtc_path_viewers: u64,
 }
 
 /// Why an SFU operation failed. Each variant is a distinct failure a caller may report.

@@ -32,6 +32,12 @@ impl SourceRewriter {
         self.rebase_pending = true;
     }
 
+    /// Maps a timestamp of the current source (from its sender report) into the track's
+    /// space; `None` until the source's first packet has fixed the mapping.
+    pub fn to_track_timestamp(&self, timestamp: u32) -> Option<u32> {
+        (self.started && !self.rebase_pending).then(|| timestamp.wrapping_add(self.ts_offset))
+    }
+
     /// Maps an inbound (sequence number, timestamp) into the track's space. Returns `None`
     /// for a packet that would fall before the current source's start (a reordered straggler
     /// from before a switch), which must not reuse numbers viewers have already seen.

@@ -20,7 +20,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -36,6 +38,7 @@ use rtc::peer_connection::transport::{
 use rtc::rtcp;
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp;
 use rtc::rtp_transceiver::RTCRtpReceiverId;
@@ -43,14 +46,17 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::codecs::{Codec, engine_for};
 use crate::demux::{DatagramKind, classify, parse_binding_request};
 use crate::keyframe::starts_keyframe;
+use crate::keytap::KeyTap;
 use crate::rewrite::SourceRewriter;
 use crate::ring::{PacketRing, SeqExtender, StoredPacket};
+use crate::srtp::{SrtpProfile, SrtpSender};
 use crate::{
     ConnectionState, MediaKind, PeerId, Role, RoomId, SfuConfig, SfuError, SfuStats, TrackId,
     TrackInfo,
@@ -65,12 +71,11 @@ pub struct Datagram {
     pub payload: BytesMut,
 }
 
-/// A datagram to send from the media port.
-#[derive(Debug)]
+/// Where to send the datagram [`Sfu::poll_transmit`] wrote into the caller's buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     pub local: SocketAddr,
     pub remote: SocketAddr,
-    pub payload: BytesMut,
 }
 
 /// Something signaling must act on.
@@ -118,9 +123,14 @@ pub struct Sfu {
 /// see [`Sfu::watchable`].
 const HOST_TRACKS_SETTLE: Duration = Duration::from_secs(2);
 
-/// How often connected peers are checked for silence. One pass over all peers per second is
-/// cheap even with thousands, and avoids touching a timer per packet.
-const LIVENESS_SWEEP: Duration = Duration::from_secs(1);
+/// How often connected peers are checked for silence and viewers are sent sender reports
+/// (RFC 3550 §6.2's usual 1 s for a session of few senders). One pass over all peers per
+/// second is cheap even with thousands, and avoids touching a timer per packet.
+const PERIODIC_SWEEP: Duration = Duration::from_secs(1);
+
+/// Forwarded packets a viewer is sent through `rtc` while the fast path checks its keys; if
+/// none of them matched, the viewer stays on `rtc`'s path (see [`FastPath`]).
+const VERIFY_ATTEMPTS: u8 = 3;
 
 struct Peer {
     room: RoomId,
@@ -128,7 +138,15 @@ struct Peer {
     pc: RTCPeerConnection,
     ufrag: String,
     remotes: Vec<SocketAddr>,
-    queue: VecDeque<Transmit>,
+    /// Datagrams waiting for [`Sfu::poll_transmit`], at most
+    /// [`SfuConfig::max_queued_datagrams`].
+    queue: VecDeque<Outgoing>,
+    /// The crypto provider of `pc`, which learns its SRTP master keys.
+    keys: Arc<KeyTap>,
+    /// How forwarded media reaches this peer.
+    fast: FastPath,
+    /// The local address of the latest nominated pair (where `nominated` sent its check to).
+    local: Option<SocketAddr>,
     in_ready: bool,
     deadline: Option<Instant>,
     state: ConnectionState,
@@ -164,6 +182,60 @@ struct Peer {
 /// Early connectivity checks held per peer; more are dropped (the client retransmits).
 const MAX_EARLY_DATAGRAMS: usize = 8;
 
+/// How forwarded media is protected for one viewer.
+///
+/// `rtc` has no public accessor for SRTP keys. The fast path learns candidates through the
+/// peer's crypto provider ([`KeyTap`]) and takes over only once its output for a real packet
+/// was byte-identical to what `rtc` produced for the same packet; until then, and for good
+/// if no candidate matches, packets take `rtc`'s own path (`RTCRtpSender::write_rtp`).
+enum FastPath {
+    /// Packets go through `rtc`; each is also protected with every candidate key and compared.
+    Verifying { attempts: u8 },
+    /// Packets are written and sealed in place at send time, with no `rtc` involvement.
+    Active(SrtpSender),
+    /// No candidate matched `rtc`'s output: `rtc`'s path for the peer's lifetime.
+    Unavailable,
+}
+
+/// One datagram in a peer's queue.
+enum Outgoing {
+    /// Made by `rtc`: STUN, DTLS, RTCP, or media on `rtc`'s path.
+    Made {
+        local: SocketAddr,
+        remote: SocketAddr,
+        payload: BytesMut,
+    },
+    /// A forwarded packet on the fast path: written and protected only when polled, so a
+    /// packet dropped from a full queue costs no encryption, and the payload is shared (a
+    /// refcount, not a copy) until then.
+    Media(MediaOut),
+}
+
+/// The header fields of one forwarded packet as one viewer receives it, and its payload.
+struct MediaOut {
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    payload_type: u8,
+    marker: bool,
+    /// SRTP rollover counter of `seq` (RFC 3711 §3.3.1).
+    roc: u32,
+    payload: Bytes,
+}
+
+impl MediaOut {
+    /// Writes the plain RTP packet (RFC 3550 §5.1: fixed 12-byte header, no CSRC, no
+    /// extension) into `buf`.
+    fn write(&self, buf: &mut Vec<u8>) {
+        buf.clear();
+        buf.extend_from_slice(&[0x80, (u8::from(self.marker) << 7) | self.payload_type]);
+        buf.extend_from_slice(&self.seq.to_be_bytes());
+        buf.extend_from_slice(&self.timestamp.to_be_bytes());
+        buf.extend_from_slice(&self.ssrc.to_be_bytes());
+        buf.extend_from_slice(&self.payload);
+    }
+}
+
 struct Subscription {
     track: TrackId,
     sender: RTCRtpSenderId,
@@ -172,6 +244,12 @@ struct Subscription {
     payload_type: Option<u8>,
     /// Video only: forward nothing until a keyframe starts, so the first frame decodes.
     awaiting_keyframe: bool,
+    /// The track's extended sequence number >> 16 at the first packet sent: the viewer's
+    /// SRTP rollover counter is 0 there (RFC 3711 §3.3.1) and counts wraps from it.
+    roc_base: Option<u64>,
+    /// RTP packets and payload octets sent, for sender reports (RFC 3550 §6.4.1; wrapping).
+    packets_sent: u32,
+    octets_sent: u32,
 }
 
 #[derive(Default)]
@@ -194,6 +272,35 @@ struct Track {
     keyframe_request_pending: bool,
     /// When the source went away; the track is removed after `track_grace`.
     orphaned_at: Option<Instant>,
+    /// The current source's clock as its last sender report gave it, in the track's
+    /// timestamp space: what viewers' sender reports are computed from, so audio and video
+    /// keep the host's lip sync.
+    clock: Option<HostClock>,
+}
+
+/// An NTP ↔ RTP correspondence from a host's sender report (RFC 3550 §6.4.1).
+#[derive(Debug, Clone, Copy)]
+struct HostClock {
+    /// NTP timestamp (64-bit fixed point, seconds since 1900) of the report.
+    ntp: u64,
+    /// The RTP timestamp of the same instant, mapped into the track's space.
+    rtp: u32,
+    /// When the report arrived.
+    at: Instant,
+}
+
+impl HostClock {
+    /// The (NTP, RTP) pair for `now`, advanced from the report by the time since it arrived.
+    fn at(&self, now: Instant, clock_rate: u32) -> (u64, u32) {
+        let elapsed = now.saturating_duration_since(self.at);
+        let ntp_elapsed = (elapsed.as_secs() << 32)
+            + ((u64::from(elapsed.subsec_nanos()) << 32) / 1_000_000_000);
+        let ticks = (elapsed.as_nanos() * u128::from(clock_rate) / 1_000_000_000) as u32;
+        (
+            self.ntp.wrapping_add(ntp_elapsed),
+            self.rtp.wrapping_add(ticks),
+        )
+    }
 }
 
 struct Source {
@@ -239,10 +346,18 @@ impl Sfu {
 
     /// Counters since start, and the current number of rooms, peers and tracks.
     pub fn stats(&self) -> SfuStats {
+        let count = |f: fn(&FastPath) -> bool| {
+            self.peers
+                .values()
+                .filter(|p| p.role == Role::Subscriber && f(&p.fast))
+                .count() as u64
+        };
         SfuStats {
             rooms: self.rooms.len() as u64,
             peers: self.peers.len() as u64,
             tracks: self.tracks.len() as u64,
+            fast_path_viewers: count(|f| matches!(f, FastPath::Active(_))),
+            rtc_path_viewers: count(|f| matches!(f, FastPath::Unavailable)),
             ..self.stats.clone()
         }
     }
@@ -434,7 +549,18 @@ impl Sfu {
         let id = PeerId(self.next_id);
         self.next_id += 1;
         let ufrag = random_token(16);
+        let keys = KeyTap::new().map_err(SfuError::internal)?;
         let setting_engine = SettingEngineBuilder::new()
+            // Learns the SRTP master keys for the forwarding fast path (see `FastPath`).
+            .with_crypto_provider(keys.clone())
+            // AES-128-GCM first: one AES-GCM pass per packet instead of AES-CTR plus
+            // HMAC-SHA1 (RFC 7714). AES-256 is not offered: the fast path does not implement
+            // it, and it buys nothing for a live stream.
+            .with_srtp_protection_profiles(vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+            ])
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), random_token(32))
             // Hosts offer actpass; answering as DTLS server lets the browser start the
@@ -471,6 +597,9 @@ impl Sfu {
                 ufrag,
                 remotes: Vec::new(),
                 queue: VecDeque::new(),
+                keys,
+                fast: FastPath::Verifying { attempts: 0 },
+                local: None,
                 in_ready: false,
                 deadline: None,
                 state: ConnectionState::New,
@@ -618,7 +747,12 @@ impl Sfu {
                 Some(check) => {
                     let peer = self.by_ufrag.get(check.local_ufrag).copied();
                     if let Some(peer) = peer {
-                        self.learn_address(peer, datagram.remote, check.use_candidate);
+                        self.learn_address(
+                            peer,
+                            datagram.local,
+                            datagram.remote,
+                            check.use_candidate,
+                        );
                     }
                     peer
                 }
@@ -699,13 +833,14 @@ impl Sfu {
         }
         self.handle_track_timers(now);
         if self.next_liveness_sweep.is_some_and(|at| at <= now) {
-            self.sweep_silent_peers(now);
+            self.periodic_sweep(now);
         }
     }
 
-    /// Reports connected peers that went silent as failed; signaling decides what follows
-    /// (the client is told and reconnects, or its session ends and removes the peer).
-    fn sweep_silent_peers(&mut self, now: Instant) {
+    /// Once a second: reports connected peers that went silent as failed (signaling decides
+    /// what follows: the client is told and reconnects, or its session ends and removes the
+    /// peer), and sends viewers their sender reports.
+    fn periodic_sweep(&mut self, now: Instant) {
         let timeout = self.config.peer_timeout;
         let mut any_connected = false;
         for (id, p) in &mut self.peers {
@@ -723,16 +858,21 @@ impl Sfu {
                 any_connected = true;
             }
         }
-        self.next_liveness_sweep = any_connected.then(|| now + LIVENESS_SWEEP);
+        self.next_liveness_sweep = any_connected.then(|| now + PERIODIC_SWEEP);
+        self.send_sender_reports(now);
     }
 
-    /// The next datagram to send, round-robin across peers.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+    /// Writes the next datagram to send into `buf` (cleared first) and says where it goes;
+    /// round-robin across peers, so one busy peer cannot starve the others.
+    ///
+    /// Forwarded media is written and SRTP-protected here, in `buf`: a driver that reuses its
+    /// buffers makes the fast path allocation-free. Reserve 1500 bytes.
+    pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
         while let Some(peer) = self.ready.pop_front() {
             let Some(p) = self.peers.get_mut(&peer) else {
                 continue;
             };
-            let Some(transmit) = p.queue.pop_front() else {
+            let Some(outgoing) = p.queue.pop_front() else {
                 p.in_ready = false;
                 continue;
             };
@@ -741,7 +881,28 @@ impl Sfu {
             } else {
                 self.ready.push_back(peer);
             }
-            return Some(transmit);
+            match outgoing {
+                Outgoing::Made {
+                    local,
+                    remote,
+                    payload,
+                } => {
+                    buf.clear();
+                    buf.extend_from_slice(&payload);
+                    return Some(Transmit { local, remote });
+                }
+                Outgoing::Media(out) => {
+                    // Only queued once the fast path is active and a pair was nominated.
+                    let (FastPath::Active(srtp), Some(local), Some(remote)) =
+                        (&p.fast, p.local, p.nominated)
+                    else {
+                        continue;
+                    };
+                    out.write(buf);
+                    srtp.protect_rtp(buf, 12, out.roc);
+                    return Some(Transmit { local, remote });
+                }
+            }
         }
         None
     }
@@ -816,15 +977,22 @@ impl Sfu {
     }
 
     /// Records that `remote` proved (by a check with the peer's credentials) to be `peer`.
-    fn learn_address(&mut self, peer: PeerId, remote: SocketAddr, nominated: bool) {
+    fn learn_address(
+        &mut self,
+        peer: PeerId,
+        local: SocketAddr,
+        remote: SocketAddr,
+        nominated: bool,
+    ) {
         self.by_addr.insert(remote, peer);
         if let Some(p) = self.peers.get_mut(&peer) {
             if !p.remotes.contains(&remote) {
                 p.remotes.push(remote);
             }
-            if nominated && p.nominated != Some(remote) {
+            if nominated && (p.nominated, p.local) != (Some(remote), Some(local)) {
                 tracing::debug!(%peer, %remote, "client nominated a pair");
                 p.nominated = Some(remote);
+                p.local = Some(local);
             }
         }
     }
@@ -887,7 +1055,7 @@ impl Sfu {
                 }
                 p.state = state;
                 if state == ConnectionState::Connected && self.next_liveness_sweep.is_none() {
-                    self.next_liveness_sweep = Some(now + LIVENESS_SWEEP);
+                    self.next_liveness_sweep = Some(now + PERIODIC_SWEEP);
                 }
                 let Some(p) = self.peers.get(&peer) else {
                     return;
@@ -931,17 +1099,87 @@ impl Sfu {
                 self.forward(now, peer, track, packet);
             }
             RTCMessage::RtcpPacket(_, packets) => {
-                let is_subscriber = self
-                    .peers
-                    .get(&peer)
-                    .is_some_and(|p| p.role == Role::Subscriber);
-                if is_subscriber {
-                    for packet in &packets {
-                        self.on_viewer_rtcp(now, peer, packet.as_ref());
+                let Some(role) = self.peers.get(&peer).map(|p| p.role) else {
+                    return;
+                };
+                for packet in &packets {
+                    match role {
+                        Role::Subscriber => self.on_viewer_rtcp(now, peer, packet.as_ref()),
+                        Role::Publisher => {
+                            if let Some(sr) = packet.as_any().downcast_ref::<SenderReport>() {
+                                self.on_host_sender_report(now, peer, sr);
+                            }
+                        }
                     }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Keeps the host's NTP ↔ RTP correspondence of a track, in the track's timestamp
+    /// space, for the viewers' sender reports.
+    fn on_host_sender_report(&mut self, now: Instant, peer: PeerId, sr: &SenderReport) {
+        let Some(p) = self.peers.get(&peer) else {
+            return;
+        };
+        for id in p.sources.values() {
+            let Some(track) = self.tracks.get_mut(id) else {
+                continue;
+            };
+            if track
+                .source
+                .as_ref()
+                .is_some_and(|s| s.peer == peer && s.ssrc == sr.ssrc)
+                && let Some(rtp) = track.rewriter.to_track_timestamp(sr.rtp_time)
+            {
+                track.clock = Some(HostClock {
+                    ntp: sr.ntp_time,
+                    rtp,
+                    at: now,
+                });
+            }
+        }
+    }
+
+    /// Sends every connected viewer a sender report per track it has been sent media of
+    /// (RFC 3550 §6.4.1). Forwarded media bypasses `rtc`, so its report interceptor would
+    /// know neither the counts nor the timing; these reports carry the host's clock mapped
+    /// into each track's space, which is what keeps audio and video in lip sync.
+    fn send_sender_reports(&mut self, now: Instant) {
+        let Self {
+            peers,
+            tracks,
+            ready,
+            stats,
+            config,
+            ..
+        } = self;
+        for (id, p) in peers.iter_mut() {
+            if p.role != Role::Subscriber || p.state != ConnectionState::Connected {
+                continue;
+            }
+            for sub in &p.subscriptions {
+                let Some(track) = tracks.get(&sub.track) else {
+                    continue;
+                };
+                let Some(clock) = track.clock.filter(|_| sub.packets_sent > 0) else {
+                    continue;
+                };
+                let (ntp_time, rtp_time) = clock.at(now, track.codec.rtp.clock_rate);
+                let report = SenderReport {
+                    ssrc: sub.ssrc,
+                    ntp_time,
+                    rtp_time,
+                    packet_count: sub.packets_sent,
+                    octet_count: sub.octets_sent,
+                    ..Default::default()
+                };
+                if let Some(mut sender) = p.pc.rtp_sender(sub.sender) {
+                    let _ = sender.write_rtcp(now, vec![Box::new(report)]);
+                }
+            }
+            enqueue_writes(*id, p, config.max_queued_datagrams, ready, stats);
         }
     }
 
@@ -999,6 +1237,7 @@ impl Sfu {
                         last_keyframe_request: None,
                         keyframe_request_pending: false,
                         orphaned_at: None,
+                        clock: None,
                     },
                 );
                 let viewers = room.subscribers.clone();
@@ -1096,20 +1335,20 @@ impl Sfu {
             if p.state != ConnectionState::Connected {
                 continue;
             }
-            let Some(sub) = p.subscriptions.iter_mut().find(|s| s.track == track_id) else {
+            let Some(sub) = p.subscriptions.iter().position(|s| s.track == track_id) else {
                 continue;
             };
-            if sub.awaiting_keyframe && !keyframe {
+            if p.subscriptions[sub].awaiting_keyframe && !keyframe {
                 awaiting = true;
                 continue;
             }
-            if send_to_viewer(now, &mut p.pc, sub, &track.codec, &stored).is_ok() {
+            let max_queued = config.max_queued_datagrams;
+            if deliver(now, *viewer, p, sub, &track.codec, &stored, max_queued, ready, stats) {
                 // The viewer starts only once its first keyframe packet is really on its way.
-                sub.awaiting_keyframe = false;
+                p.subscriptions[sub].awaiting_keyframe = false;
                 stats.packets_forwarded += 1;
                 stats.bytes_forwarded += stored.payload.len() as u64;
             }
-            enqueue_writes(*viewer, p, config.max_queued_datagrams, ready, stats);
         }
         track.ring.insert(stored);
         awaiting
@@ -1158,12 +1397,12 @@ impl Sfu {
         };
         let Some(sub) = p
             .subscriptions
-            .iter_mut()
-            .find(|s| s.ssrc == nack.media_ssrc)
+            .iter()
+            .position(|s| s.ssrc == nack.media_ssrc)
         else {
             return;
         };
-        let Some(track) = tracks.get(&sub.track) else {
+        let Some(track) = tracks.get(&p.subscriptions[sub].track) else {
             return;
         };
         let mut budget = config.max_retransmissions_per_nack;
@@ -1176,7 +1415,9 @@ impl Sfu {
                 let extended = track.extender.peek(seq);
                 match track.ring.get(extended) {
                     Some(stored) => {
-                        if send_to_viewer(now, &mut p.pc, sub, &track.codec, stored).is_ok() {
+                        let max_queued = config.max_queued_datagrams;
+                        if deliver(now, peer, p, sub, &track.codec, stored, max_queued, ready, stats)
+                        {
                             stats.retransmissions += 1;
                         }
                     }
@@ -1184,7 +1425,6 @@ impl Sfu {
                 }
             }
         }
-        enqueue_writes(peer, p, config.max_queued_datagrams, ready, stats);
     }
 
     /// Asks the track's host for a keyframe, at most once per `keyframe_request_interval`;
@@ -1333,6 +1573,9 @@ impl Sfu {
             ssrc,
             payload_type: None,
             awaiting_keyframe: track.codec.kind == MediaKind::Video,
+            roc_base: None,
+            packets_sent: 0,
+            octets_sent: 0,
         });
         track.subscribers.push(viewer);
         Ok(())
@@ -1422,54 +1665,189 @@ fn apply_local_description(
     Ok(pc.local_description().map_or(fallback, |d| d.sdp))
 }
 
-/// Writes one stored packet to one viewer: only SSRC and payload type differ per viewer.
-fn send_to_viewer(
-    now: Instant,
+/// The viewer's payload type for the track's codec, learned once per negotiation.
+fn viewer_payload_type(
     pc: &mut RTCPeerConnection,
     sub: &mut Subscription,
     codec: &Codec,
+) -> Option<u8> {
+    if sub.payload_type.is_none() {
+        let mut sender = pc.rtp_sender(sub.sender)?;
+        sub.payload_type = sender
+            .get_parameters()
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| Codec::from_rtp(c.rtp_codec.clone()).is_some_and(|c| codec.compatible(&c)))
+            .map(|c| c.payload_type);
+    }
+    sub.payload_type
+}
+
+/// Sends one stored packet to one viewer; only SSRC and payload type differ per viewer. On
+/// the fast path the packet is queued as it is (a refcount) and protected when polled;
+/// otherwise it goes through `rtc`, whose output also verifies the fast path's keys. Returns
+/// whether it was sent (not dropped from a full queue or refused).
+#[allow(clippy::too_many_arguments)] // the disjoint parts of `Sfu` the hot path borrows
+fn deliver(
+    now: Instant,
+    id: PeerId,
+    p: &mut Peer,
+    sub: usize,
+    codec: &Codec,
     stored: &StoredPacket,
-) -> Result<(), SfuError> {
-    let payload_type = match sub.payload_type {
-        Some(pt) => pt,
-        None => {
-            let mut sender = pc.rtp_sender(sub.sender).ok_or(SfuError::UnknownPeer)?;
-            let pt = sender
-                .get_parameters()
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| {
-                    Codec::from_rtp(c.rtp_codec.clone()).is_some_and(|c| codec.compatible(&c))
-                })
-                .map(|c| c.payload_type)
-                .ok_or_else(|| {
-                    SfuError::Internal("viewer did not negotiate the track's codec".into())
-                })?;
-            sub.payload_type = Some(pt);
-            pt
-        }
+    max_queued: usize,
+    ready: &mut VecDeque<PeerId>,
+    stats: &mut SfuStats,
+) -> bool {
+    let s = &mut p.subscriptions[sub];
+    let Some(payload_type) = viewer_payload_type(&mut p.pc, s, codec) else {
+        return false; // the viewer did not negotiate the track's codec
     };
+    let roc_base = *s.roc_base.get_or_insert(stored.seq >> 16);
+    let out = MediaOut {
+        ssrc: s.ssrc,
+        seq: stored.seq as u16,
+        timestamp: stored.timestamp,
+        payload_type,
+        marker: stored.marker,
+        roc: (stored.seq >> 16).saturating_sub(roc_base) as u32,
+        payload: stored.payload.clone(),
+    };
+    let sent = if matches!(p.fast, FastPath::Active(_)) {
+        if p.queue.len() < max_queued {
+            p.queue.push_back(Outgoing::Media(out));
+            true
+        } else {
+            stats.datagrams_dropped += 1;
+            false
+        }
+    } else {
+        send_through_rtc(now, id, p, sub, &out, max_queued, stats)
+    };
+    if sent {
+        let s = &mut p.subscriptions[sub];
+        s.packets_sent = s.packets_sent.wrapping_add(1);
+        s.octets_sent = s.octets_sent.wrapping_add(stored.payload.len() as u32);
+    }
+    mark_ready(id, p, ready);
+    sent
+}
+
+/// `rtc`'s path for one forwarded packet: its sender, interceptors and SRTP context. While
+/// the fast path is being verified, `rtc`'s protected packet is compared with the fast
+/// path's own protection of the same packet under each candidate key.
+fn send_through_rtc(
+    now: Instant,
+    id: PeerId,
+    p: &mut Peer,
+    sub: usize,
+    out: &MediaOut,
+    max_queued: usize,
+    stats: &mut SfuStats,
+) -> bool {
     let packet = rtp::Packet {
         header: rtp::header::Header {
             version: 2,
-            marker: stored.marker,
-            payload_type,
-            sequence_number: stored.seq as u16,
-            timestamp: stored.timestamp,
-            ssrc: sub.ssrc,
+            marker: out.marker,
+            payload_type: out.payload_type,
+            sequence_number: out.seq,
+            timestamp: out.timestamp,
+            ssrc: out.ssrc,
             ..Default::default()
         },
-        payload: stored.payload.clone(),
+        payload: out.payload.clone(),
     };
-    let mut sender = pc.rtp_sender(sub.sender).ok_or(SfuError::UnknownPeer)?;
-    sender
-        .write_rtp(now, packet)
-        .map_err(|e| SfuError::Internal(e.to_string()))
+    let Some(mut sender) = p.pc.rtp_sender(p.subscriptions[sub].sender) else {
+        return false;
+    };
+    if let Err(err) = sender.write_rtp(now, packet) {
+        tracing::trace!(peer = %id, %err, "rtp write refused");
+        return false;
+    }
+    while let Some(made) = p.pc.poll_write() {
+        if matches!(p.fast, FastPath::Verifying { .. }) && is_rtp_of(&made.message, out) {
+            verify_fast_path(id, &p.keys, &mut p.fast, &made.message, out);
+        }
+        push_made(p, made, max_queued, stats);
+    }
+    true
 }
 
-/// Moves a peer connection's pending writes into the peer's bounded queue; a full queue
-/// drops (and counts) the datagram instead of growing.
+/// Whether `datagram` is the SRTP form of `out` (same payload type, sequence number, SSRC).
+fn is_rtp_of(datagram: &[u8], out: &MediaOut) -> bool {
+    datagram.len() >= 12
+        && datagram[0] >> 6 == 2
+        && datagram[1] & 0x7f == out.payload_type
+        && datagram[2..4] == out.seq.to_be_bytes()
+        && datagram[8..12] == out.ssrc.to_be_bytes()
+}
+
+/// Tries every candidate master key under every profile on `out`; the one that reproduces
+/// `rtc`'s bytes exactly becomes the peer's fast path.
+fn verify_fast_path(id: PeerId, keys: &KeyTap, fast: &mut FastPath, made: &[u8], out: &MediaOut) {
+    let FastPath::Verifying { attempts } = fast else {
+        return;
+    };
+    let mut ours = Vec::with_capacity(made.len());
+    for master in keys.candidates() {
+        for profile in SrtpProfile::ALL {
+            out.write(&mut ours);
+            if ours.len() + profile.rtp_overhead() != made.len() {
+                continue;
+            }
+            let sender = SrtpSender::new(profile, &master);
+            sender.protect_rtp(&mut ours, 12, out.roc);
+            if ours == made {
+                tracing::debug!(
+                    peer = %id,
+                    profile = profile.name(),
+                    "SRTP fast path matches rtc's output: forwarding takes it"
+                );
+                *fast = FastPath::Active(sender);
+                return;
+            }
+        }
+    }
+    *attempts += 1;
+    if *attempts >= VERIFY_ATTEMPTS {
+        tracing::warn!(
+            peer = %id,
+            "the SRTP fast path did not reproduce rtc's output for {VERIFY_ATTEMPTS} packets: \
+             this viewer stays on rtc's slower forwarding path"
+        );
+        *fast = FastPath::Unavailable;
+    }
+}
+
+/// Queues one datagram `rtc` produced; a full queue drops (and counts) it instead of growing.
+fn push_made(p: &mut Peer, made: TaggedBytesMut, max_queued: usize, stats: &mut SfuStats) {
+    if p.queue.len() >= max_queued {
+        stats.datagrams_dropped += 1;
+        return;
+    }
+    // STUN answers go back where the check came from; everything else follows the client's
+    // latest nomination (see `Peer::nominated`).
+    let remote = match p.nominated {
+        Some(nominated) if classify(&made.message) != DatagramKind::Stun => nominated,
+        _ => made.transport.peer_addr,
+    };
+    p.queue.push_back(Outgoing::Made {
+        local: made.transport.local_addr,
+        remote,
+        payload: made.message,
+    });
+}
+
+/// Puts a peer with queued datagrams in the round-robin of [`Sfu::poll_transmit`].
+fn mark_ready(id: PeerId, p: &mut Peer, ready: &mut VecDeque<PeerId>) {
+    if !p.queue.is_empty() && !p.in_ready {
+        p.in_ready = true;
+        ready.push_back(id);
+    }
+}
+
+/// Moves a peer connection's pending writes into the peer's bounded queue.
 fn enqueue_writes(
     peer: PeerId,
     p: &mut Peer,
@@ -1477,27 +1855,10 @@ fn enqueue_writes(
     ready: &mut VecDeque<PeerId>,
     stats: &mut SfuStats,
 ) {
-    while let Some(out) = p.pc.poll_write() {
-        if p.queue.len() >= max_queued {
-            stats.datagrams_dropped += 1;
-            continue;
-        }
-        // STUN answers go back where the check came from; everything else follows the
-        // client's latest nomination (see `Peer::nominated`).
-        let remote = match p.nominated {
-            Some(nominated) if classify(&out.message) != DatagramKind::Stun => nominated,
-            _ => out.transport.peer_addr,
-        };
-        p.queue.push_back(Transmit {
-            local: out.transport.local_addr,
-            remote,
-            payload: out.message,
-        });
+    while let Some(made) = p.pc.poll_write() {
+        push_made(p, made, max_queued, stats);
     }
-    if !p.queue.is_empty() && !p.in_ready {
-        p.in_ready = true;
-        ready.push_back(peer);
-    }
+    mark_ready(peer, p, ready);
 }
 
 /// ICE credentials: RFC 8445 §5.3 wants at least 24 bits of randomness in the ufrag and 128 in

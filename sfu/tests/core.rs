@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use harness::*;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use sfu::{Datagram, RoomId, SfuConfig, SfuError};
@@ -74,7 +75,12 @@ fn viewers_receive_identical_payloads_in_order() {
     let ssrcs: Vec<u32> = viewers.iter().map(|&v| h.clients[v].video().0).collect();
     assert!(!ssrcs.contains(&host_ssrc));
     assert_ne!(ssrcs[0], ssrcs[1]);
-    assert_eq!(h.sfu.stats().datagrams_dropped, 0);
+    let stats = h.sfu.stats();
+    assert_eq!(stats.datagrams_dropped, 0);
+    // Every viewer's media moved to the fast path after its keys reproduced rtc's output,
+    // and what the viewers' real rtc stacks decrypted above came (mostly) from it.
+    assert_eq!(stats.fast_path_viewers, 3, "{stats:?}");
+    assert_eq!(stats.rtc_path_viewers, 0);
 }
 
 #[test]
@@ -366,4 +372,46 @@ fn a_host_track_that_never_starts_stops_holding_offering_viewers_back() {
         h.run_for(FRAME);
     }
     assert!(h.clients[v].audio().1.len() > 10);
+}
+
+/// Forwarded media bypasses `rtc`, so the SFU writes each viewer's sender reports itself:
+/// every viewer SSRC gets them about once a second, counting what that viewer was sent, and
+/// each carries the host's NTP ↔ RTP correspondence for that track (one of the host's own
+/// reports, advanced by the time since it arrived), which is what keeps lip sync.
+#[test]
+fn every_viewer_ssrc_receives_sender_reports_on_the_hosts_clock() {
+    let (mut h, host, viewers) = connected_room(2);
+    for seq in 2..=120u16 {
+        h.send_frame(host, seq, seq % 30 == 0, FRAME);
+    }
+    let host_reports = h.clients[host].sent_reports.lock().unwrap().clone();
+    let (_, host_video) = h.clients[host].video.unwrap();
+    let (_, host_audio) = h.clients[host].audio.unwrap();
+    for &v in &viewers {
+        let c = &h.clients[v];
+        for ((ssrc, received), host_ssrc, rate) in [
+            (c.video(), host_video, 90_000u128),
+            (c.audio(), host_audio, 48_000),
+        ] {
+            let reports: Vec<&SenderReport> =
+                c.sender_reports.iter().filter(|r| r.ssrc == ssrc).collect();
+            assert!(
+                reports.len() >= 2,
+                "viewer {v} ssrc {ssrc}: {} reports",
+                reports.len()
+            );
+            let last = reports.last().unwrap();
+            assert!(last.packet_count > 0 && last.packet_count as usize <= received.len());
+            assert!(last.octet_count >= last.packet_count);
+            for report in reports {
+                let on_host_clock = host_reports.iter().filter(|r| r.ssrc == host_ssrc).any(|r| {
+                    let ntp = report.ntp_time.wrapping_sub(r.ntp_time);
+                    let ticks = ((u128::from(ntp) * rate) >> 32) as i64;
+                    let advanced = i64::from(report.rtp_time.wrapping_sub(r.rtp_time));
+                    ntp < 10 << 32 && (advanced - ticks).abs() <= 2
+                });
+                assert!(on_host_clock, "{report:?} follows none of {host_reports:?}");
+            }
+        }
+    }
 }

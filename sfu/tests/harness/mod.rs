@@ -4,12 +4,13 @@
 //! `Pair::drive`, str0m's `progress`). Shared by the core tests and the fan-out benchmark.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -21,6 +22,7 @@ use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
@@ -40,6 +42,10 @@ pub struct Client {
     /// Received RTP per SSRC: (sequence number, timestamp, payload).
     pub rtp: HashMap<u32, Vec<(u16, u32, Bytes)>>,
     pub plis: usize,
+    /// Sender reports received (a viewer's, from the SFU).
+    pub sender_reports: Vec<SenderReport>,
+    /// Sender reports this client's own stack sent (a host's, to the SFU).
+    pub sent_reports: Arc<Mutex<Vec<SenderReport>>>,
     pub offers: usize,
     pub video: Option<(RTCRtpSenderId, u32)>,
     pub audio: Option<(RTCRtpSenderId, u32)>,
@@ -78,6 +84,15 @@ impl Harness {
     }
 
     pub fn client_pc(&self, addr: SocketAddr) -> RTCPeerConnection {
+        self.client_pc_recording(addr, Arc::default())
+    }
+
+    /// A client peer whose sent sender reports are copied into `reports`.
+    pub fn client_pc_recording(
+        &self,
+        addr: SocketAddr,
+        reports: Arc<Mutex<Vec<SenderReport>>>,
+    ) -> RTCPeerConnection {
         let mut engine = MediaEngine::default();
         engine.register_default_codecs().unwrap();
         // The SFU's own feedback marker, so the host sees the keyframe requests it is sent.
@@ -86,7 +101,12 @@ impl Harness {
             .with(
                 sfu::codecs::FEEDBACK_SLOT,
                 sfu::feedback::DeliverFeedback::default(),
-            );
+            )
+            .with(Slot::Custom(1), RecordSenderReports {
+                    reports,
+                    reads: VecDeque::new(),
+                    writes: VecDeque::new(),
+                },);
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(SettingEngineBuilder::new().build())
@@ -106,7 +126,8 @@ impl Harness {
         let addr: SocketAddr = format!("127.0.0.2:{}", 5000 + self.clients.len())
             .parse()
             .unwrap();
-        let mut pc = self.client_pc(addr);
+        let sent_reports: Arc<Mutex<Vec<SenderReport>>> = Arc::default();
+        let mut pc = self.client_pc_recording(addr, sent_reports.clone());
         let video_ssrc = rand::random();
         let audio_ssrc = rand::random();
         let mut video_track = track(RtpCodecKind::Video, self.video_mime, 90000, 0, video_ssrc);
@@ -136,6 +157,7 @@ impl Harness {
         self.clients.push(Client {
             video: Some((video, video_ssrc)),
             audio: Some((audio, audio_ssrc)),
+            sent_reports,
             ..Client::new(pc, addr, peer)
         });
         self.clients.len() - 1
@@ -158,7 +180,9 @@ impl Harness {
     pub fn pump(&mut self) {
         loop {
             let mut moved = false;
-            while let Some(t) = self.sfu.poll_transmit() {
+            let mut buf = Vec::with_capacity(1500);
+            while let Some(t) = self.sfu.poll_transmit(&mut buf) {
+                let payload = BytesMut::from(&buf[..]);
                 moved = true;
                 let Some(c) = self
                     .clients
@@ -168,7 +192,7 @@ impl Harness {
                     continue;
                 };
                 if let Some(seq) = c.drop_seq
-                    && rtp_seq(&t.payload) == Some(seq)
+                    && rtp_seq(&payload) == Some(seq)
                 {
                     c.drop_seq = None;
                     c.dropped.push(seq);
@@ -182,7 +206,7 @@ impl Harness {
                         ecn: None,
                         transport_protocol: TransportProtocol::UDP,
                     },
-                    message: t.payload,
+                    message: payload,
                 });
             }
             while let Some(event) = self.sfu.poll_event() {
@@ -224,6 +248,12 @@ impl Harness {
                                 .iter()
                                 .filter(|p| p.as_any().is::<PictureLossIndication>())
                                 .count();
+                            c.sender_reports.extend(
+                                packets
+                                    .iter()
+                                    .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                                    .cloned(),
+                            );
                         }
                         _ => {}
                     }
@@ -386,6 +416,8 @@ impl Client {
             sfu_peer,
             rtp: HashMap::new(),
             plis: 0,
+            sender_reports: Vec::new(),
+            sent_reports: Arc::default(),
             offers: 0,
             video: None,
             audio: None,
@@ -531,4 +563,62 @@ pub fn rtp_seq(datagram: &BytesMut) -> Option<u16> {
         && (128..=191).contains(&datagram[0])
         && !(64..=95).contains(&(datagram[1] & 0x7f));
     is_rtp.then(|| u16::from_be_bytes([datagram[2], datagram[3]]))
+}
+
+/// Copies the sender reports a client's stack sends (wire-most slot, after the report
+/// interceptor made them); everything passes through unchanged.
+pub struct RecordSenderReports {
+    reports: Arc<Mutex<Vec<SenderReport>>>,
+    reads: VecDeque<TaggedPacket>,
+    writes: VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for RecordSenderReports {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = Instant;
+
+    fn handle_read(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.reads.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.reads.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            let mut reports = self.reports.lock().unwrap();
+            reports.extend(
+                packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                    .cloned(),
+            );
+        }
+        self.writes.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.writes.pop_front()
+    }
+
+    fn handle_timeout(&mut self, _now: Instant) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        None
+    }
+}
+
+impl Interceptor for RecordSenderReports {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
