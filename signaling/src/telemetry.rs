@@ -458,7 +458,7 @@ struct SfuField {
 }
 
 /// The gauges: what the SFU holds now.
-const SFU_GAUGES: [SfuField; 3] = [
+const SFU_GAUGES: [SfuField; 5] = [
     SfuField {
         name: "marquee_rooms",
         description: "Rooms the SFU holds.",
@@ -476,6 +476,18 @@ const SFU_GAUGES: [SfuField; 3] = [
         description: "Tracks the SFU holds.",
         unit: "",
         read: |s| s.tracks,
+    },
+    SfuField {
+        name: "marquee_fast_path_viewers",
+        description: "Viewers whose media takes the SFU's forwarding fast path.",
+        unit: "",
+        read: |s| s.fast_path_viewers,
+    },
+    SfuField {
+        name: "marquee_rtc_path_viewers",
+        description: "Viewers left on rtc's slower path (fast-path keys did not verify).",
+        unit: "",
+        read: |s| s.rtc_path_viewers,
     },
 ];
 
@@ -858,6 +870,8 @@ mod tests {
             ("marquee_rooms", "gauge"),
             ("marquee_peers", "gauge"),
             ("marquee_tracks", "gauge"),
+            ("marquee_fast_path_viewers", "gauge"),
+            ("marquee_rtc_path_viewers", "gauge"),
             ("marquee_forwarded_packets_total", "counter"),
             ("marquee_forwarded_bytes_total", "counter"),
             ("marquee_nacks_total", "counter"),
@@ -971,6 +985,8 @@ mod tests {
             rooms: 2,
             peers: 7,
             tracks: 4,
+            fast_path_viewers: 5,
+            rtc_path_viewers: 1,
             packets_forwarded: 1_000,
             bytes_forwarded: 1_200_000,
             nacks_received: 11,
@@ -986,6 +1002,8 @@ mod tests {
             ("marquee_rooms", 2.0),
             ("marquee_peers", 7.0),
             ("marquee_tracks", 4.0),
+            ("marquee_fast_path_viewers", 5.0),
+            ("marquee_rtc_path_viewers", 1.0),
             ("marquee_forwarded_packets_total", 1_000.0),
             ("marquee_forwarded_bytes_total", 1_200_000.0),
             ("marquee_nacks_total", 11.0),

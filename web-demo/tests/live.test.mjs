@@ -84,6 +84,38 @@ test('host goes live with the camera; two viewers see moving video and hear audi
     await sleep(Math.max(0, liveAt + SUSTAINED_MS - Date.now()));
     await assertWatching(viewers, `${SUSTAINED_MS / 1000} s after going live`);
 
+    // The SFU's forwarding fast path: both viewers' media takes it (their keys reproduced
+    // rtc's output), with an SRTP profile it implements. Chrome lists AES-CM-HMAC-SHA1-80
+    // before AES-GCM and rtc's DTLS server honours the client's order, so Chrome lands on
+    // AES-CM here (see docs/sfu.md); every SSRC a viewer receives has had sender reports,
+    // which the SFU writes itself since forwarded media bypasses rtc's report interceptor.
+    const metrics = await (await fetch(`${server.url}/metrics`)).text();
+    assert.match(metrics, /^marquee_fast_path_viewers(\{[^}]*\})? 2$/m, 'both viewers on the fast path');
+    assert.match(metrics, /^marquee_rtc_path_viewers(\{[^}]*\})? 0$/m);
+    for (const page of [host, ...viewers]) {
+      const ciphers = await page.evaluate(async () => {
+        const stats = await window.marquee.pc.getStats();
+        return [...stats.values()].filter((s) => s.type === 'transport').map((s) => s.srtpCipher);
+      });
+      assert.ok(ciphers.length > 0
+        && ciphers.every((c) => ['AEAD_AES_128_GCM', 'SRTP_AES128_CM_HMAC_SHA1_80'].includes(c)),
+      `${page.marqueeName}: srtpCipher ${JSON.stringify(ciphers)}`);
+    }
+    for (const viewer of viewers) {
+      const reports = await viewer.evaluate(async () => {
+        const stats = await window.marquee.pc.getStats();
+        return [...stats.values()].filter((s) => s.type === 'inbound-rtp').map((s) => ({
+          kind: s.kind,
+          ssrc: s.ssrc,
+          reportsSent: stats.get(s.remoteId)?.reportsSent ?? 0,
+        }));
+      });
+      assert.deepEqual(reports.map((r) => r.kind).sort(), ['audio', 'video'], JSON.stringify(reports));
+      for (const r of reports) {
+        assert.ok(r.reportsSent > 0, `${viewer.marqueeName}: no sender report for ${JSON.stringify(r)}`);
+      }
+    }
+
     // Healthy media never needed a second session: reconnects would hide server bugs.
     for (const page of [host, ...viewers]) {
       const { joins, stalls } = await page.evaluate(() => window.marquee.state);
