@@ -14,6 +14,7 @@ use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::egress::{Egress, SEND_BATCH, run_end};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
@@ -202,7 +203,7 @@ pub fn run_driver(
         senders,
         peer_events: HashMap::new(),
         room_events,
-        send_buf: Vec::with_capacity(MAX_DATAGRAM),
+        egress: Egress::default(),
     };
     tokio::spawn(driver.run(commands_rx, datagrams_rx, shutdown));
     SfuHandle {
@@ -215,8 +216,8 @@ struct Driver {
     senders: HashMap<SocketAddr, Arc<UdpSocket>>,
     peer_events: HashMap<PeerId, mpsc::Sender<SfuEvent>>,
     room_events: mpsc::Sender<SfuEvent>,
-    /// The one buffer every outgoing datagram is written into, reused.
-    send_buf: Vec<u8>,
+    /// Reused buffers for batched sends.
+    egress: Egress,
 }
 
 impl Driver {
@@ -317,13 +318,29 @@ impl Driver {
     }
 
     async fn flush(&mut self) {
-        while let Some(transmit) = self.sfu.poll_transmit(&mut self.send_buf) {
-            let Some(socket) = self.senders.get(&transmit.local) else {
-                continue;
-            };
-            // Send errors (unreachable peer, full buffer) lose one datagram, like the network.
-            if let Err(err) = socket.send_to(&self.send_buf, transmit.remote).await {
-                tracing::trace!(%err, remote = %transmit.remote, "send failed");
+        // Batches of up to SEND_BATCH, each sent as soon as it is pulled: never waiting to
+        // fill one, so a lone datagram leaves at once.
+        loop {
+            let egress = &mut self.egress;
+            egress.dests.clear();
+            while egress.dests.len() < SEND_BATCH {
+                let slot = egress.dests.len();
+                match self.sfu.poll_transmit(&mut egress.bufs[slot]) {
+                    Some(transmit) => egress.dests.push(transmit),
+                    None => break,
+                }
+            }
+            let pulled = egress.dests.len();
+            let mut start = 0;
+            while start < pulled {
+                let end = run_end(&egress.dests, start);
+                if let Some(socket) = self.senders.get(&egress.dests[start].local) {
+                    egress.send_all(socket, start, end).await;
+                }
+                start = end;
+            }
+            if pulled < SEND_BATCH {
+                break;
             }
         }
         while let Some(event) = self.sfu.poll_event() {

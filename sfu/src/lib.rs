@@ -13,6 +13,7 @@ pub mod codecs;
 pub mod config;
 pub mod demux;
 pub mod driver;
+pub mod egress;
 pub mod feedback;
 pub mod ids;
 pub mod keyframe;

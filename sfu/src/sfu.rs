@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
@@ -46,7 +47,6 @@ use rtc::rtp_transceiver::RTCRtpSenderId;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
@@ -293,8 +293,8 @@ impl HostClock {
     /// The (NTP, RTP) pair for `now`, advanced from the report by the time since it arrived.
     fn at(&self, now: Instant, clock_rate: u32) -> (u64, u32) {
         let elapsed = now.saturating_duration_since(self.at);
-        let ntp_elapsed = (elapsed.as_secs() << 32)
-            + ((u64::from(elapsed.subsec_nanos()) << 32) / 1_000_000_000);
+        let ntp_elapsed =
+            (elapsed.as_secs() << 32) + ((u64::from(elapsed.subsec_nanos()) << 32) / 1_000_000_000);
         let ticks = (elapsed.as_nanos() * u128::from(clock_rate) / 1_000_000_000) as u32;
         (
             self.ntp.wrapping_add(ntp_elapsed),
@@ -1343,7 +1343,17 @@ impl Sfu {
                 continue;
             }
             let max_queued = config.max_queued_datagrams;
-            if deliver(now, *viewer, p, sub, &track.codec, &stored, max_queued, ready, stats) {
+            if deliver(
+                now,
+                *viewer,
+                p,
+                sub,
+                &track.codec,
+                &stored,
+                max_queued,
+                ready,
+                stats,
+            ) {
                 // The viewer starts only once its first keyframe packet is really on its way.
                 p.subscriptions[sub].awaiting_keyframe = false;
                 stats.packets_forwarded += 1;
@@ -1416,8 +1426,17 @@ impl Sfu {
                 match track.ring.get(extended) {
                     Some(stored) => {
                         let max_queued = config.max_queued_datagrams;
-                        if deliver(now, peer, p, sub, &track.codec, stored, max_queued, ready, stats)
-                        {
+                        if deliver(
+                            now,
+                            peer,
+                            p,
+                            sub,
+                            &track.codec,
+                            stored,
+                            max_queued,
+                            ready,
+                            stats,
+                        ) {
                             stats.retransmissions += 1;
                         }
                     }

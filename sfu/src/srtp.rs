@@ -182,7 +182,6 @@ impl SrtpSender {
     }
 }
 
-
 /// The AES-CM PRF of RFC 3711 §4.3.3: `out` is the keystream of AES-CTR under the master
 /// key, starting from `(salt XOR label << 48) << 16`.
 fn derive(master_key: &[u8; 16], master_salt: &[u8], label: u8, out: &mut [u8]) {

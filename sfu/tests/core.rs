@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use harness::*;
-use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use sfu::{Datagram, RoomId, SfuConfig, SfuError};
 
@@ -404,12 +404,15 @@ fn every_viewer_ssrc_receives_sender_reports_on_the_hosts_clock() {
             assert!(last.packet_count > 0 && last.packet_count as usize <= received.len());
             assert!(last.octet_count >= last.packet_count);
             for report in reports {
-                let on_host_clock = host_reports.iter().filter(|r| r.ssrc == host_ssrc).any(|r| {
-                    let ntp = report.ntp_time.wrapping_sub(r.ntp_time);
-                    let ticks = ((u128::from(ntp) * rate) >> 32) as i64;
-                    let advanced = i64::from(report.rtp_time.wrapping_sub(r.rtp_time));
-                    ntp < 10 << 32 && (advanced - ticks).abs() <= 2
-                });
+                let on_host_clock = host_reports
+                    .iter()
+                    .filter(|r| r.ssrc == host_ssrc)
+                    .any(|r| {
+                        let ntp = report.ntp_time.wrapping_sub(r.ntp_time);
+                        let ticks = ((u128::from(ntp) * rate) >> 32) as i64;
+                        let advanced = i64::from(report.rtp_time.wrapping_sub(r.rtp_time));
+                        ntp < 10 << 32 && (advanced - ticks).abs() <= 2
+                    });
                 assert!(on_host_clock, "{report:?} follows none of {host_reports:?}");
             }
         }

@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -102,11 +102,14 @@ impl Harness {
                 sfu::codecs::FEEDBACK_SLOT,
                 sfu::feedback::DeliverFeedback::default(),
             )
-            .with(Slot::Custom(1), RecordSenderReports {
+            .with(
+                Slot::Custom(1),
+                RecordSenderReports {
                     reports,
                     reads: VecDeque::new(),
                     writes: VecDeque::new(),
-                },);
+                },
+            );
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
             .with_setting_engine(SettingEngineBuilder::new().build())
