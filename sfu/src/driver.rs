@@ -9,12 +9,11 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::egress::{Egress, SEND_BATCH, run_end};
+use crate::udp::{Egress, SEND_BATCH, read_socket, run_end};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
@@ -23,9 +22,6 @@ pub const COMMAND_QUEUE: usize = 1024;
 /// Datagrams read from the sockets but not yet handed to the core. When full, reader tasks
 /// stop reading and the kernel's socket buffer absorbs (or drops) the excess.
 pub const DATAGRAM_QUEUE: usize = 8192;
-/// Largest datagram read; larger ones are truncated by the kernel and then rejected. 1500
-/// bytes is the Ethernet MTU; WebRTC stacks keep packets under ~1200 bytes.
-const MAX_DATAGRAM: usize = 1500;
 
 /// A media socket and the address clients reach it at (its candidate).
 pub struct MediaSocket {
@@ -361,26 +357,4 @@ impl Driver {
 /// The driver's one clock read. Tokio's clock, so `start_paused` tests control it.
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
-}
-
-async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, out: mpsc::Sender<Datagram>) {
-    loop {
-        let mut buf = BytesMut::zeroed(MAX_DATAGRAM);
-        match socket.recv_from(&mut buf).await {
-            Ok((len, remote)) => {
-                buf.truncate(len);
-                let datagram = Datagram {
-                    local,
-                    remote,
-                    payload: buf,
-                };
-                if out.send(datagram).await.is_err() {
-                    return; // driver stopped
-                }
-            }
-            // ICMP port-unreachable from a departed peer surfaces here on some platforms;
-            // it concerns one peer, never the socket.
-            Err(err) => tracing::trace!(%err, "udp recv error"),
-        }
-    }
 }

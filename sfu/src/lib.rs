@@ -13,7 +13,6 @@ pub mod codecs;
 pub mod config;
 pub mod demux;
 pub mod driver;
-pub mod egress;
 pub mod feedback;
 pub mod ids;
 pub mod keyframe;
@@ -22,6 +21,7 @@ pub mod rewrite;
 pub mod ring;
 mod sfu;
 pub mod srtp;
+pub mod udp;
 
 pub use config::SfuConfig;
 pub use driver::{SfuHandle, run_driver};

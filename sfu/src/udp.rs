@@ -1,4 +1,11 @@
-//! Batched UDP sends: one `sendmmsg(2)` per burst of datagrams leaving the same socket.
+//! Batched UDP I/O for the media port.
+//!
+//! **Receive.** [`read_socket`] takes up to [`quinn_udp::BATCH_SIZE`] datagrams per
+//! `recvmmsg(2)` (and GRO-coalesced runs where the kernel offers them) into one receive area
+//! allocated and zeroed once, then copies each datagram out into a buffer of its exact size
+//! for the core: no zeroing and one syscall per burst instead of per datagram.
+//!
+//! **Send.** One `sendmmsg(2)` per burst of datagrams leaving the same socket.
 //!
 //! A fan-out turns one inbound packet into N datagrams to N addresses; one `sendto` each was
 //! a syscall per viewer, the largest single cost of an SFU after SRTP (pion#3503 measured
@@ -7,14 +14,71 @@
 //! out in one `sendmmsg`. A batch is sent as soon as the core has nothing more queued: the
 //! driver never waits to fill one.
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
+use tokio::sync::mpsc;
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use crate::Transmit;
+use crate::{Datagram, Transmit};
+
+/// Reads datagrams from `socket` (bound at `local`) and hands them to the core's queue until
+/// the driver stops. When the queue is full this waits, and the kernel's socket buffer absorbs
+/// (or drops) the excess: the reader never grows memory.
+pub async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, out: mpsc::Sender<Datagram>) {
+    let state = match UdpSocketState::new((&*socket).into()) {
+        Ok(state) => state,
+        Err(err) => {
+            tracing::error!(%err, %local, "cannot set up the media socket for batched reads");
+            return;
+        }
+    };
+    // One slot per datagram of a batch, each large enough for a GRO run.
+    let slot = MAX_DATAGRAM * state.gro_segments().max(1);
+    let mut area = vec![0u8; slot * BATCH_SIZE];
+    let mut meta = [RecvMeta::default(); BATCH_SIZE];
+    loop {
+        let received = {
+            let mut chunks = area.chunks_mut(slot);
+            let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
+            socket
+                .async_io(Interest::READABLE, || {
+                    state.recv((&*socket).into(), &mut bufs, &mut meta)
+                })
+                .await
+        };
+        let count = match received {
+            Ok(count) => count,
+            // ICMP errors from a departed peer surface here; they concern one peer, never
+            // the socket.
+            Err(err) => {
+                tracing::trace!(%err, "udp recv error");
+                continue;
+            }
+        };
+        for (m, start) in meta[..count].iter().zip((0..).step_by(slot)) {
+            let stride = m.stride.max(1);
+            for datagram in area[start..start + m.len].chunks(stride) {
+                let datagram = Datagram {
+                    local,
+                    remote: m.addr,
+                    payload: BytesMut::from(datagram),
+                };
+                if out.send(datagram).await.is_err() {
+                    return; // driver stopped
+                }
+            }
+        }
+    }
+}
 
 /// Datagrams pulled from the core per batch. 32 covers a 1.2 KB packet fanned out to 32
 /// viewers in one syscall; larger batches buy little once the syscall is amortized, and the
