@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use harness::Harness;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use sfu::SfuConfig;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
@@ -34,57 +35,21 @@ fn allocations() -> u64 {
 
 const VIEWERS: [usize; 4] = [1, 100, 1000, 2000];
 
-/// A room with `viewers` connected viewers that all receive video, and the next sequence
-/// number the host sends.
-fn room(viewers: usize) -> (Harness, usize, u16, usize) {
+/// A harness whose clients offer `profiles` (None: `rtc`'s default, AES-128-GCM first).
+fn harness(profiles: Option<Vec<SrtpProtectionProfile>>) -> Harness {
     let mut h = Harness::new(SfuConfig {
         // Room for one packet to every viewer, so nothing is dropped at N = 2000.
         max_queued_datagrams: 4096,
         ..SfuConfig::default()
     });
-    let host = h.add_host("room");
-    h.run_for(Duration::from_millis(500));
-    h.send_frame(host, 1, true, Duration::from_millis(100));
-    for _ in 0..viewers {
-        h.add_viewer("room");
-    }
-    // Keyframes until every viewer is connected and forwarding (a viewer starts at a
-    // keyframe), checked by counting one probe packet's copies.
-    let mut seq = 2u16;
-    let mut reached = 0;
-    let mut buf = Vec::with_capacity(1500);
-    for _ in 0..20 {
-        h.run_for(Duration::from_millis(500));
-        h.send_frame(host, seq, true, Duration::from_millis(100));
-        seq += 1;
-        let now = h.now;
-        for d in h.host_video_datagrams(host, seq) {
-            h.sfu.handle_datagram(now, d);
-        }
-        seq += 1;
-        reached = std::iter::from_fn(|| h.sfu.poll_transmit(&mut buf)).count();
-        if reached >= viewers && h.sfu.stats().fast_path_viewers as usize >= viewers {
-            break;
-        }
-    }
-    // At N ≥ 1000 an in-memory viewer or two may not have finished its handshake; the
-    // figure is per forwarded packet either way.
-    assert!(
-        reached * 100 >= viewers * 99,
-        "only {reached}/{viewers} viewers forwarding"
-    );
-    let stats = h.sfu.stats();
-    eprintln!(
-        "{reached}/{viewers} viewers forwarding, {} on the fast path, {} on rtc's path",
-        stats.fast_path_viewers, stats.rtc_path_viewers
-    );
-    (h, host, seq, reached)
+    h.client_srtp_profiles = profiles;
+    h
 }
 
 /// Forwards one inbound packet and sends every copy into one reused buffer; returns the
 /// allocations made.
-fn forward_one(h: &mut Harness, host: usize, seq: u16, buf: &mut Vec<u8>) -> u64 {
-    let datagrams = h.host_video_datagrams(host, seq);
+fn forward_one(h: &mut Harness, host: usize, buf: &mut Vec<u8>) -> u64 {
+    let datagrams = h.next_host_video(host);
     let now = h.now;
     let before = allocations();
     for d in datagrams {
@@ -96,23 +61,32 @@ fn forward_one(h: &mut Harness, host: usize, seq: u16, buf: &mut Vec<u8>) -> u64
     allocations() - before
 }
 
-fn fanout(c: &mut Criterion) {
-    let mut group = c.benchmark_group("fanout");
+fn bench(
+    c: &mut Criterion,
+    group: &str,
+    viewers: &[usize],
+    profiles: Option<Vec<SrtpProtectionProfile>>,
+) {
+    let mut group = c.benchmark_group(group);
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
     let mut per_inbound_at_one = None;
-    for viewers in VIEWERS {
-        let (mut h, host, mut seq, reached) = room(viewers);
+    for &viewers in viewers {
+        let mut h = harness(profiles.clone());
+        let (host, reached) = h.fanout_room(viewers);
+        let stats = h.sfu.stats();
+        eprintln!(
+            "{reached}/{viewers} viewers forwarding, {} on the fast path, {} on rtc's path",
+            stats.fast_path_viewers, stats.rtc_path_viewers
+        );
         let mut buf = Vec::with_capacity(1500);
         // Warm up the queues' capacity, then count allocations over 200 packets.
         for _ in 0..50 {
-            forward_one(&mut h, host, seq, &mut buf);
-            seq = seq.wrapping_add(1);
+            forward_one(&mut h, host, &mut buf);
         }
         let mut allocations = 0;
         for _ in 0..200 {
-            allocations += forward_one(&mut h, host, seq, &mut buf);
-            seq = seq.wrapping_add(1);
+            allocations += forward_one(&mut h, host, &mut buf);
         }
         let per_inbound = allocations as f64 / 200.0;
         let baseline = *per_inbound_at_one.get_or_insert(per_inbound);
@@ -130,8 +104,7 @@ fn fanout(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let datagrams = h.host_video_datagrams(host, seq);
-                    seq = seq.wrapping_add(1);
+                    let datagrams = h.next_host_video(host);
                     let now = h.now;
                     let start = Instant::now();
                     for d in datagrams {
@@ -147,6 +120,18 @@ fn fanout(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    // Viewers on AES-128-GCM (what `rtc` and Firefox prefer).
+    bench(c, "fanout", &VIEWERS, None);
+    // Viewers on AES-CM-HMAC-SHA1-80, which Chrome lists first (see docs/sfu.md).
+    bench(
+        c,
+        "fanout_aes_cm_sha1_80",
+        &[1000],
+        Some(vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80]),
+    );
 }
 
 criterion_group!(benches, fanout);

@@ -27,6 +27,7 @@ use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::event::{RTCPeerConnectionEvent, RTCTrackEvent, RTCTrackEventInit};
@@ -116,6 +117,10 @@ pub struct Sfu {
     stats: SfuStats,
     /// When connected peers are next checked for silence (see [`SfuConfig::peer_timeout`]).
     next_liveness_sweep: Option<Instant>,
+    /// The one DTLS certificate every peer presents, generated at start: one ECDSA key
+    /// generation and self-signing per process instead of per join (a join spike's cost).
+    /// `None` if generating it failed; `rtc` then makes one per peer.
+    certificate: Option<RTCCertificate>,
 }
 
 /// How long after a host's first track its other tracks may still be starting (audio and
@@ -337,6 +342,7 @@ impl Sfu {
             events: VecDeque::new(),
             stats: SfuStats::default(),
             next_liveness_sweep: None,
+            certificate: shared_certificate(),
         }
     }
 
@@ -572,8 +578,14 @@ impl Sfu {
             .with_ice_timeouts(Some(Duration::ZERO), Some(Duration::ZERO), None)
             .build();
         let (engine, registry) = engine_for(role).map_err(SfuError::internal)?;
+        let configuration = match &self.certificate {
+            Some(certificate) => {
+                RTCConfigurationBuilder::new().with_certificates(vec![certificate.clone()])
+            }
+            None => RTCConfigurationBuilder::new(),
+        };
         let mut pc = RTCPeerConnectionBuilder::new()
-            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_configuration(configuration.build())
             .with_setting_engine(setting_engine)
             .with_media_engine(engine)
             .with_interceptor_registry(registry)
@@ -1633,6 +1645,28 @@ impl Sfu {
             self.rooms.remove(room);
         }
     }
+}
+
+/// The DTLS certificate all peers share (ECDSA P-256, as `rtc` makes per peer by default; its
+/// validity runs to rcgen's default far-future date, so it never expires under a running
+/// server).
+fn shared_certificate() -> Option<RTCCertificate> {
+    let generate = || -> Result<RTCCertificate, String> {
+        let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
+        let params =
+            CertificateParams::new(vec!["marquee".to_owned()]).map_err(|e| e.to_string())?;
+        RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            params,
+        )
+        .map_err(|e| e.to_string())
+    };
+    generate()
+        .inspect_err(|err| {
+            tracing::warn!(%err, "no shared DTLS certificate: each peer will generate its own")
+        })
+        .ok()
 }
 
 /// A UDP host candidate for `addr`, as `rtc` takes local candidates.

@@ -418,3 +418,33 @@ fn every_viewer_ssrc_receives_sender_reports_on_the_hosts_clock() {
         }
     }
 }
+
+/// Every peer presents the one DTLS certificate generated at start (no key generation and
+/// signing per join), so every answer carries the same fingerprint.
+#[test]
+fn every_peer_presents_the_shared_certificate() {
+    let mut h = Harness::new(SfuConfig::default());
+    let fingerprint = |h: &mut Harness, room: &str, port: u16| {
+        let mut pc = h.client_pc(format!("127.0.0.2:{port}").parse().unwrap());
+        pc.add_track(track(RtpCodecKind::Audio, "audio/opus", 48000, 2, 1234))
+            .unwrap();
+        let offer = pc.create_offer(None).unwrap();
+        pc.set_local_description(h.now, offer).unwrap();
+        let sdp = pc.local_description().unwrap().sdp;
+        let (_, answer) = h
+            .sfu
+            .add_peer_with_offer(h.now, &RoomId::new(room), sfu::Role::Publisher, &sdp)
+            .unwrap();
+        answer
+            .lines()
+            .find(|l| l.starts_with("a=fingerprint:"))
+            .map(str::to_owned)
+            .unwrap()
+    };
+    let a = fingerprint(&mut h, "one", 6000);
+    let b = fingerprint(&mut h, "two", 6001);
+    assert_eq!(a, b);
+    // Each Sfu has its own.
+    let mut other = Harness::new(SfuConfig::default());
+    assert_ne!(a, fingerprint(&mut other, "one", 6000));
+}

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::interceptor::{Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -65,6 +66,11 @@ pub struct Harness {
     pub now: Instant,
     pub clients: Vec<Client>,
     pub server: SocketAddr,
+    /// The SRTP profiles clients offer, in their order of preference (`rtc`'s default:
+    /// AES-128-GCM first). Chrome lists AES-CM-HMAC-SHA1-80 first.
+    pub client_srtp_profiles: Option<Vec<SrtpProtectionProfile>>,
+    /// The next video sequence number `fanout_room` and `next_host_video` use.
+    pub next_seq: u16,
 }
 
 impl Harness {
@@ -80,6 +86,8 @@ impl Harness {
             clients: Vec::new(),
             server,
             video_mime: "video/VP8",
+            client_srtp_profiles: None,
+            next_seq: 2,
         }
     }
 
@@ -112,7 +120,12 @@ impl Harness {
             );
         let mut pc = RTCPeerConnectionBuilder::new()
             .with_configuration(RTCConfigurationBuilder::new().build())
-            .with_setting_engine(SettingEngineBuilder::new().build())
+            .with_setting_engine(match &self.client_srtp_profiles {
+                Some(profiles) => SettingEngineBuilder::new()
+                    .with_srtp_protection_profiles(profiles.clone())
+                    .build(),
+                None => SettingEngineBuilder::new().build(),
+            })
             .with_media_engine(engine)
             .with_interceptor_registry(registry)
             .build(self.now)
@@ -177,6 +190,47 @@ impl Harness {
             .unwrap();
         self.clients.push(Client::new(pc, addr, peer));
         self.clients.len() - 1
+    }
+
+    /// A room whose host sends video and `viewers` viewers that all connected and receive it
+    /// (checked by counting one probe packet's copies; a viewer starts at a keyframe).
+    /// Returns the host and the number of viewers forwarding: at N ≥ 1000 an in-memory
+    /// viewer or two may not finish its handshake. For the benchmarks.
+    pub fn fanout_room(&mut self, viewers: usize) -> (usize, usize) {
+        let host = self.add_host("room");
+        self.run_for(Duration::from_millis(500));
+        self.send_frame(host, 1, true, Duration::from_millis(100));
+        for _ in 0..viewers {
+            self.add_viewer("room");
+        }
+        let mut reached = 0;
+        let mut buf = Vec::with_capacity(1500);
+        for _ in 0..20 {
+            self.run_for(Duration::from_millis(500));
+            let seq = self.next_seq;
+            self.send_frame(host, seq, true, Duration::from_millis(100));
+            let now = self.now;
+            for d in self.host_video_datagrams(host, seq + 1) {
+                self.sfu.handle_datagram(now, d);
+            }
+            self.next_seq = seq + 2;
+            reached = std::iter::from_fn(|| self.sfu.poll_transmit(&mut buf)).count();
+            if reached >= viewers && self.sfu.stats().fast_path_viewers as usize >= viewers {
+                break;
+            }
+        }
+        assert!(
+            reached * 100 >= viewers * 99,
+            "only {reached}/{viewers} viewers forwarding"
+        );
+        (host, reached)
+    }
+
+    /// The host's next video packet as datagrams for the SFU (the benchmarks' input).
+    pub fn next_host_video(&mut self, host: usize) -> Vec<Datagram> {
+        let seq = self.next_seq;
+        self.next_seq = seq.wrapping_add(1);
+        self.host_video_datagrams(host, seq)
     }
 
     /// Moves datagrams and events until nothing is in flight, then stops (time unchanged).
