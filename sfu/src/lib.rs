@@ -1,11 +1,16 @@
 //! Marquee's selective forwarding unit.
 //!
-//! - [`Sfu`]: the sans-IO core (rooms, peers, tracks; `handle_*` in, `poll_*` out).
+//! - [`Sfu`]: the sans-IO core (rooms, peers, tracks; `handle_*` in, `poll_*` out), in parts:
+//!   negotiation, forwarding (the hot path and its SRTP fast path), tracks, feedback (RTCP),
+//!   timers. Its data plane is described in `docs/sfu.md`.
 //! - [`driver`]: the one async task that owns the UDP socket(s) and the clock, and the
-//!   [`SfuHandle`] other tasks use to talk to it.
+//!   [`SfuHandle`] other tasks use to talk to it; [`udp`]: its batched I/O (`recvmmsg`,
+//!   `sendmmsg`).
 //! - Building blocks, each unit-tested on its own: [`demux`] (routing datagrams on the shared
 //!   port), [`ring`] (the per-track packet store), [`rewrite`] (continuous numbering across
-//!   source changes), [`keyframe`] (keyframe detection), [`codecs`] (what peers negotiate).
+//!   source changes), [`keyframe`] (keyframe detection), [`codecs`] (what peers negotiate),
+//!   [`srtp`] (in-place SRTP protection), [`keytap`] (learning SRTP keys through `rtc`'s
+//!   crypto-provider API), [`feedback`] (getting RTCP out of `rtc`'s interceptor chain).
 //!
 //! The crate knows nothing of WebSockets or signaling messages (GUIDE §1).
 

@@ -78,17 +78,22 @@ pub struct SrtpSender {
     cipher: Cipher,
 }
 
+// Both variants are large (expanded keys); a sender is boxed once per viewer
+// (`FastPath::Active`), so the difference costs nothing per packet.
+#[allow(clippy::large_enum_variant)]
 enum Cipher {
     Gcm {
         key: aead::LessSafeKey,
         salt: [u8; 12],
     },
-    CounterMode {
-        /// The expanded session key, kept so a packet costs no key schedule.
-        aes: Aes128,
-        salt: [u8; 14],
-        auth: hmac::Key,
-    },
+    CounterMode(CounterMode),
+}
+
+struct CounterMode {
+    /// The expanded session key, kept so a packet costs no key schedule.
+    aes: Aes128,
+    salt: [u8; 14],
+    auth: hmac::Key,
 }
 
 // RFC 3711 §4.3.1 key derivation labels.
@@ -121,11 +126,11 @@ impl SrtpSender {
                 derive(&master.key, salt, LABEL_RTP_SALT, &mut session_salt);
                 let mut auth_key = [0u8; 20];
                 derive(&master.key, salt, LABEL_RTP_AUTHENTICATION, &mut auth_key);
-                Cipher::CounterMode {
+                Cipher::CounterMode(CounterMode {
                     aes: Aes128::new(&session_key.into()),
                     salt: session_salt,
                     auth: hmac::Key::new(hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, &auth_key),
-                }
+                })
             }
         };
         Self { profile, cipher }
@@ -159,7 +164,8 @@ impl SrtpSender {
                     .expect("AES-GCM seals any packet shorter than 2^36 bytes");
                 packet.extend_from_slice(tag.as_ref());
             }
-            Cipher::CounterMode { aes, salt, auth } => {
+            Cipher::CounterMode(keys) => {
+                let CounterMode { aes, salt, auth } = keys;
                 // RFC 3711 §4.1.1: IV = (salt * 2^16) XOR (SSRC * 2^64) XOR (index * 2^16).
                 let mut iv = [0u8; 16];
                 iv[..14].copy_from_slice(salt);
