@@ -360,13 +360,22 @@ async fn watch_one(
 ) -> ViewerOutcome {
     let tap_slot: Arc<Mutex<Option<Arc<Tap>>>> = Arc::default();
     let outcome = {
-        let live = Arc::clone(&live);
+        let (on_tap, on_watching) = (Arc::clone(&live), Arc::clone(&live));
         let slot = Arc::clone(&tap_slot);
-        viewer::run(setup, leave, move |tap| {
-            *lock(&slot) = Some(Arc::clone(&tap));
-            lock(&live.taps).push(tap);
-            live.active.fetch_add(1, Ordering::Relaxed);
-        })
+        viewer::run(
+            setup,
+            leave,
+            move |tap| {
+                *lock(&slot) = Some(Arc::clone(&tap));
+                lock(&on_tap.taps).push(tap);
+                on_tap.active.fetch_add(1, Ordering::Relaxed);
+            },
+            // Counted when it happens, so the progress line and the report's "joined"
+            // series follow the arrivals instead of jumping when viewers leave.
+            move || {
+                on_watching.joined.fetch_add(1, Ordering::Relaxed);
+            },
+        )
         .await
     };
     live.active.fetch_sub(1, Ordering::Relaxed);
@@ -377,10 +386,10 @@ async fn watch_one(
     outcome
 }
 
+/// Adds a finished viewer's outcome to the run's counts (its join was counted when it got
+/// media; a failure is counted here, when the viewer gave up).
 fn account(live: &Live, histograms: &SharedHistograms, o: &ViewerOutcome) {
-    if o.has_media() {
-        live.joined.fetch_add(1, Ordering::Relaxed);
-    } else {
+    if !o.has_media() {
         live.failed.fetch_add(1, Ordering::Relaxed);
     }
     if let Some(failure) = &o.failure {

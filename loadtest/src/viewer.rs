@@ -114,11 +114,13 @@ struct Tracks {
 }
 
 /// Runs one viewer: join, watch until `leave` turns true (or the connection fails), leave.
-/// `live` receives the tap as soon as it exists.
+/// `live` receives the tap as soon as it exists; `watching` is called the moment the viewer
+/// has its first keyframe (joined with media), so progress counts joins as they happen.
 pub async fn run(
     setup: ViewerSetup,
     mut leave: watch::Receiver<bool>,
     live: impl FnOnce(Arc<Tap>),
+    watching: impl FnOnce(),
 ) -> ViewerOutcome {
     let started = now();
     let tap = Tap::new(setup.sample_every);
@@ -184,6 +186,7 @@ pub async fn run(
     outcome.stages.dtls = viewer.peer().connected_at().map(since);
     outcome.stages.first_rtp = tap.state().first_rtp.map(since);
     if got_keyframe {
+        watching();
         outcome.stages.first_keyframe = lock(&tracks).first_keyframe.map(since);
         watch_until_leave(&viewer, &tap, &tracks, &mut leave, &mut outcome).await;
     } else if *leave.borrow() {

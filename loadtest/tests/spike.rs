@@ -58,6 +58,16 @@ async fn spike_and_parties_are_measured_and_an_impossible_slo_fails_the_run() {
     assert_eq!(n("viewers_started"), 60);
     assert_eq!(n("viewers_joined"), 60, "{c}");
     assert_eq!(n("viewers_with_media"), 60, "{:?}", r["errors"]);
+    // Joins are counted as they happen: while all 60 viewers are still watching (before
+    // anyone left; `active` also counts the 9 party members), the per-second series already
+    // says 60 joined.
+    let series = r["series"].as_array().unwrap();
+    assert!(
+        series
+            .iter()
+            .any(|p| p["joined"] == 60 && p["active"].as_u64().unwrap() >= 60),
+        "no second shows 60 joined while they watch: {series:?}"
+    );
     assert_eq!(n("joins_failed"), 0);
     assert!(n("packets_received") > 60 * 100, "{c}");
     assert!(n("packets_expected") > 0 && n("packets_lost") * 100 <= n("packets_expected"));

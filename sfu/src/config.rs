@@ -31,6 +31,17 @@ pub struct SfuConfig {
     /// Retransmissions served for one NACK packet; the rest of a huge NACK is ignored so a
     /// malicious or broken viewer cannot turn one small RTCP packet into a flood.
     pub max_retransmissions_per_nack: usize,
+    /// A received datagram that waited longer than this for the driver is dropped and counted
+    /// (`datagrams_late`). 50 ms is what a live viewer tolerates on top of the network: past
+    /// it, overload shows as loss (repaired by NACK and keyframes), never as a queue.
+    pub max_ingress_delay: Duration,
+    /// A DTLS handshake record waits at most this long for an idle moment (handshakes yield
+    /// to forwarding); older ones are dropped, as the client retransmits its flight after 1 s.
+    pub max_handshake_delay: Duration,
+    /// Share of wall time (0–1) the driver may spend working before it refuses new peers
+    /// (`SfuError::Overloaded`, answered `full`): 0.85 leaves room for the bursts of the
+    /// viewers already watching.
+    pub overload_busy_fraction: f64,
 }
 
 impl Default for SfuConfig {
@@ -43,6 +54,9 @@ impl Default for SfuConfig {
             track_grace: Duration::from_secs(15),
             max_retransmissions_per_nack: 64,
             peer_timeout: Duration::from_secs(15),
+            max_ingress_delay: Duration::from_millis(50),
+            max_handshake_delay: Duration::from_secs(1),
+            overload_busy_fraction: 0.85,
         }
     }
 }

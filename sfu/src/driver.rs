@@ -8,11 +8,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
 use crate::udp::{Egress, SEND_BATCH, read_socket, run_end};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
@@ -20,7 +22,8 @@ use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, 
 /// before callers wait (they are backpressured, not dropped).
 pub const COMMAND_QUEUE: usize = 1024;
 /// Datagrams read from the sockets but not yet handed to the core. When full, reader tasks
-/// stop reading and the kernel's socket buffer absorbs (or drops) the excess.
+/// stop reading and the kernel's socket buffer absorbs (or drops) the excess. What waits here
+/// too long is dropped by age anyway (`SfuConfig::max_ingress_delay`).
 pub const DATAGRAM_QUEUE: usize = 8192;
 
 /// A media socket and the address clients reach it at (its candidate).
@@ -195,6 +198,8 @@ pub fn run_driver(
         tokio::spawn(read_socket(socket, s.advertised, datagrams_tx.clone()));
     }
     let driver = Driver {
+        ingress: Ingress::new(&config),
+        load: LoadMeter::default(),
         sfu: Sfu::new(config),
         senders,
         peer_events: HashMap::new(),
@@ -214,18 +219,26 @@ struct Driver {
     room_events: mpsc::Sender<SfuEvent>,
     /// Reused buffers for batched sends.
     egress: Egress,
+    /// Received datagrams: handled now, deferred (handshakes) or dropped (stale).
+    ingress: Ingress,
+    /// How busy the driver is, for refusing new peers when it is too busy.
+    load: LoadMeter,
 }
 
 impl Driver {
     async fn run(
         mut self,
         mut commands: mpsc::Receiver<Command>,
-        mut datagrams: mpsc::Receiver<Datagram>,
+        mut datagrams: mpsc::Receiver<(Instant, Datagram)>,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut woke = None;
         loop {
             self.flush().await;
+            if let Some(at) = woke.take() {
+                self.load.record(at, now());
+            }
             let deadline = self.sfu.poll_timeout();
             let sleep = async {
                 match deadline {
@@ -233,29 +246,70 @@ impl Driver {
                     None => std::future::pending().await,
                 }
             };
+            let handshakes_waiting = self.ingress.deferred() > 0;
+            let idle = async {
+                if !handshakes_waiting {
+                    std::future::pending::<()>().await;
+                }
+            };
+            // Forwarding first: datagrams, then deadlines, then signaling's commands, and
+            // deferred handshake records only when nothing else is waiting.
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
-                Some(command) = commands.recv() => self.handle_command(now(), command),
-                Some(datagram) = datagrams.recv() => {
+                Some((received, datagram)) = datagrams.recv() => {
                     let now = now();
-                    self.sfu.handle_datagram(now, datagram);
-                    // Drain a burst without re-arming the select, bounded to keep commands
-                    // and timers responsive during a flood.
+                    woke = Some(now);
+                    self.receive(now, received, datagram);
+                    // Drain a burst without re-arming the select, bounded to keep timers
+                    // and commands responsive during a flood.
                     for _ in 0..64 {
                         match datagrams.try_recv() {
-                            Ok(datagram) => self.sfu.handle_datagram(now, datagram),
+                            Ok((received, datagram)) => self.receive(now, received, datagram),
                             Err(_) => break,
                         }
                     }
+                    if deadline.is_some_and(|at| at <= now) {
+                        self.sfu.handle_timeout(now);
+                    }
                 }
-                _ = sleep => self.sfu.handle_timeout(now()),
+                _ = sleep => {
+                    let now = now();
+                    woke = Some(now);
+                    self.sfu.handle_timeout(now);
+                }
+                Some(command) = commands.recv() => {
+                    let now = now();
+                    woke = Some(now);
+                    self.handle_command(now, command);
+                }
+                _ = idle => {
+                    let now = now();
+                    woke = Some(now);
+                    if let Some(datagram) = self.ingress.poll_deferred(now) {
+                        self.sfu.handle_datagram(now, datagram);
+                    }
+                }
             }
         }
         tracing::debug!("sfu driver stopped");
     }
 
-    fn handle_command(&mut self, now: std::time::Instant, command: Command) {
+    /// One received datagram: to the core now, deferred, or dropped (see [`Ingress`]).
+    fn receive(&mut self, now: Instant, received: Instant, datagram: Datagram) {
+        if let Some(datagram) = self.ingress.handle(now, received, datagram) {
+            self.sfu.handle_datagram(now, datagram);
+        }
+    }
+
+    /// Whether new peers are refused: the driver is busier than its limit, or so many
+    /// handshakes wait that a new one would time out in the queue.
+    fn overloaded(&self) -> bool {
+        self.load.busy_fraction() >= self.sfu.config().overload_busy_fraction
+            || self.ingress.deferred() >= OVERLOAD_DEFERRED_HANDSHAKES
+    }
+
+    fn handle_command(&mut self, now: Instant, command: Command) {
         match command {
             Command::AddPeer {
                 room,
@@ -263,6 +317,10 @@ impl Driver {
                 events,
                 reply,
             } => {
+                if self.overloaded() {
+                    let _ = reply.send(Err(SfuError::Overloaded));
+                    return;
+                }
                 let result = self.sfu.add_peer(now, &room, role);
                 if let Ok(peer) = &result {
                     self.peer_events.insert(*peer, events);
@@ -276,6 +334,10 @@ impl Driver {
                 events,
                 reply,
             } => {
+                if self.overloaded() {
+                    let _ = reply.send(Err(SfuError::Overloaded));
+                    return;
+                }
                 let result = self.sfu.add_peer_with_offer(now, &room, role, &offer);
                 if let Ok((peer, _)) = &result {
                     self.peer_events.insert(*peer, events);
@@ -308,7 +370,13 @@ impl Driver {
                 self.peer_events.remove(&peer);
             }
             Command::Stats { reply } => {
-                let _ = reply.send(self.sfu.stats());
+                let ingress = self.ingress.stats();
+                let _ = reply.send(SfuStats {
+                    datagrams_late: ingress.late + ingress.deferred_overflow,
+                    busy_pct: (self.load.busy_fraction() * 100.0).round() as u64,
+                    handshakes_waiting: self.ingress.deferred() as u64,
+                    ..self.sfu.stats()
+                });
             }
         }
     }
@@ -355,6 +423,6 @@ impl Driver {
 }
 
 /// The driver's one clock read. Tokio's clock, so `start_paused` tests control it.
-fn now() -> std::time::Instant {
+pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }

@@ -22,6 +22,7 @@ pub mod feedback;
 pub mod ids;
 pub mod keyframe;
 pub mod keytap;
+pub mod load;
 pub mod rewrite;
 pub mod ring;
 mod sfu;
@@ -99,6 +100,13 @@ pub struct SfuStats {
     /// Gauge: viewers left on `rtc`'s path because the fast path could not reproduce its
     /// output (see the warning logged for each).
     pub rtc_path_viewers: u64,
+    /// Datagrams dropped because they waited too long for the driver (overload shown as loss;
+    /// see `SfuConfig::max_ingress_delay`). Filled by the driver.
+    pub datagrams_late: u64,
+    /// Gauge: share of wall time the driver spent working, in percent. Filled by the driver.
+    pub busy_pct: u64,
+    /// Gauge: DTLS handshake records waiting for an idle moment. Filled by the driver.
+    pub handshakes_waiting: u64,
 }
 
 /// Why an SFU operation failed. Each variant is a distinct failure a caller may report.
@@ -120,6 +128,10 @@ pub enum SfuError {
     NothingToWatch,
     #[error("the SFU is not running")]
     Stopped,
+    /// The media plane is busy past its limit (see `SfuConfig::overload_busy_fraction`) or
+    /// has a backlog of handshakes; new peers are refused so current viewers keep quality.
+    #[error("the media server is overloaded; retry shortly")]
+    Overloaded,
     #[error("internal error: {0}")]
     Internal(String),
 }

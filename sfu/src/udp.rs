@@ -18,6 +18,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use quinn_udp::{BATCH_SIZE, RecvMeta, UdpSocketState};
@@ -32,7 +33,11 @@ use crate::{Datagram, Transmit};
 /// Reads datagrams from `socket` (bound at `local`) and hands them to the core's queue until
 /// the driver stops. When the queue is full this waits, and the kernel's socket buffer absorbs
 /// (or drops) the excess: the reader never grows memory.
-pub async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, out: mpsc::Sender<Datagram>) {
+pub async fn read_socket(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    out: mpsc::Sender<(Instant, Datagram)>,
+) {
     let state = match UdpSocketState::new((&*socket).into()) {
         Ok(state) => state,
         Err(err) => {
@@ -55,6 +60,8 @@ pub async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, out: mpsc::S
                 })
                 .await
         };
+        // When the burst was read: the driver drops what waited too long after it.
+        let at = crate::driver::now();
         let count = match received {
             Ok(count) => count,
             // ICMP errors from a departed peer surface here; they concern one peer, never
@@ -72,7 +79,7 @@ pub async fn read_socket(socket: Arc<UdpSocket>, local: SocketAddr, out: mpsc::S
                     remote: m.addr,
                     payload: BytesMut::from(datagram),
                 };
-                if out.send(datagram).await.is_err() {
+                if out.send((at, datagram)).await.is_err() {
                     return; // driver stopped
                 }
             }

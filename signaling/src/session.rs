@@ -546,6 +546,7 @@ fn sfu_failure(err: SfuError) -> Failure {
         SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
         SfuError::WrongRole(_) => ErrorCode::NotAllowed,
         SfuError::Stopped => ErrorCode::ShuttingDown,
+        SfuError::Overloaded => ErrorCode::Full,
         SfuError::NothingToWatch => ErrorCode::RoomNotLive,
         SfuError::UnknownPeer | SfuError::Internal(_) => ErrorCode::Internal,
     };

@@ -458,7 +458,7 @@ struct SfuField {
 }
 
 /// The gauges: what the SFU holds now.
-const SFU_GAUGES: [SfuField; 5] = [
+const SFU_GAUGES: [SfuField; 7] = [
     SfuField {
         name: "marquee_rooms",
         description: "Rooms the SFU holds.",
@@ -489,10 +489,22 @@ const SFU_GAUGES: [SfuField; 5] = [
         unit: "",
         read: |s| s.rtc_path_viewers,
     },
+    SfuField {
+        name: "marquee_sfu_busy_percent",
+        description: "Share of wall time the SFU driver spends working; new peers are refused above its limit.",
+        unit: "%",
+        read: |s| s.busy_pct,
+    },
+    SfuField {
+        name: "marquee_handshakes_waiting",
+        description: "DTLS handshake records waiting for the SFU driver to be idle.",
+        unit: "",
+        read: |s| s.handshakes_waiting,
+    },
 ];
 
 /// The counters: totals since the SFU started.
-const SFU_COUNTERS: [SfuField; 6] = [
+const SFU_COUNTERS: [SfuField; 7] = [
     SfuField {
         name: "marquee_forwarded_packets",
         description: "RTP packets forwarded to viewers.",
@@ -528,6 +540,12 @@ const SFU_COUNTERS: [SfuField; 6] = [
         description: "Datagrams dropped because a peer's send queue was full.",
         unit: "",
         read: |s| s.datagrams_dropped,
+    },
+    SfuField {
+        name: "marquee_datagrams_late",
+        description: "Datagrams dropped because they waited too long for the SFU driver (overload).",
+        unit: "",
+        read: |s| s.datagrams_late,
     },
 ];
 
@@ -872,6 +890,9 @@ mod tests {
             ("marquee_tracks", "gauge"),
             ("marquee_fast_path_viewers", "gauge"),
             ("marquee_rtc_path_viewers", "gauge"),
+            ("marquee_sfu_busy_percent", "gauge"),
+            ("marquee_handshakes_waiting", "gauge"),
+            ("marquee_datagrams_late_total", "counter"),
             ("marquee_forwarded_packets_total", "counter"),
             ("marquee_forwarded_bytes_total", "counter"),
             ("marquee_nacks_total", "counter"),

@@ -289,6 +289,12 @@ fn sfu_error(err: SfuError) -> HttpError {
             "the server is shutting down",
         )
         .retry_after(10),
+        SfuError::Overloaded => HttpError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Full,
+            err.to_string(),
+        )
+        .retry_after(2),
         SfuError::UnknownPeer => HttpError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::UnknownSession,
