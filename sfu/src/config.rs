@@ -38,10 +38,12 @@ pub struct SfuConfig {
     /// A DTLS handshake record waits at most this long for an idle moment (handshakes yield
     /// to forwarding); older ones are dropped, as the client retransmits its flight after 1 s.
     pub max_handshake_delay: Duration,
-    /// Share of wall time (0–1) the driver may spend working before it refuses new peers
-    /// (`SfuError::Overloaded`, answered `full`): 0.85 leaves room for the bursts of the
-    /// viewers already watching.
-    pub overload_busy_fraction: f64,
+    /// While received datagrams wait longer than this for the driver on average (over half a
+    /// second), it refuses new peers (`SfuError::Overloaded`, answered `full`): the node cannot
+    /// keep up, and a newcomer would only make every viewer's stream later. 10 ms is a fifth
+    /// of the latency budget above network delay; a driver with room to spare handles a
+    /// datagram within microseconds.
+    pub overload_ingress_wait: Duration,
 }
 
 impl Default for SfuConfig {
@@ -56,7 +58,7 @@ impl Default for SfuConfig {
             peer_timeout: Duration::from_secs(15),
             max_ingress_delay: Duration::from_millis(50),
             max_handshake_delay: Duration::from_secs(1),
-            overload_busy_fraction: 0.85,
+            overload_ingress_wait: Duration::from_millis(10),
         }
     }
 }

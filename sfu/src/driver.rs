@@ -237,7 +237,7 @@ impl Driver {
         loop {
             self.flush().await;
             if let Some(at) = woke.take() {
-                self.load.record(at, now());
+                self.load.record_busy(at, now());
             }
             let deadline = self.sfu.poll_timeout();
             let sleep = async {
@@ -283,9 +283,10 @@ impl Driver {
                     woke = Some(now);
                     self.handle_command(now, command);
                 }
+                // Not counted as busy: handshakes only fill idle time, so counting them would
+                // read any join backlog as overload (the backlog has its own bound).
                 _ = idle => {
                     let now = now();
-                    woke = Some(now);
                     if let Some(datagram) = self.ingress.poll_deferred(now) {
                         self.sfu.handle_datagram(now, datagram);
                     }
@@ -297,15 +298,18 @@ impl Driver {
 
     /// One received datagram: to the core now, deferred, or dropped (see [`Ingress`]).
     fn receive(&mut self, now: Instant, received: Instant, datagram: Datagram) {
+        self.load
+            .record_wait(now.saturating_duration_since(received));
         if let Some(datagram) = self.ingress.handle(now, received, datagram) {
             self.sfu.handle_datagram(now, datagram);
         }
     }
 
-    /// Whether new peers are refused: the driver is busier than its limit, or so many
-    /// handshakes wait that a new one would time out in the queue.
+    /// Whether new peers are refused: datagrams wait longer than the limit for the driver, or
+    /// so many handshakes wait that a new one would time out in the queue.
     fn overloaded(&self) -> bool {
-        self.load.busy_fraction() >= self.sfu.config().overload_busy_fraction
+        self.load
+            .falling_behind(self.sfu.config().overload_ingress_wait)
             || self.ingress.deferred() >= OVERLOAD_DEFERRED_HANDSHAKES
     }
 

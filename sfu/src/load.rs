@@ -6,9 +6,11 @@
 //!   other datagram is waiting, so a join spike never delays packets of viewers already
 //!   watching. Anything that waited longer than its bound is dropped and counted: late media
 //!   is worth nothing to a live viewer, and a late handshake record has been retransmitted.
-//! - [`LoadMeter`] measures the share of wall time the driver spends working; above
-//!   [`SfuConfig::overload_busy_fraction`] the driver refuses new peers (signaling answers
-//!   `full`), so the viewers already watching keep their quality.
+//! - [`LoadMeter`] measures how long received datagrams wait for the driver (and, for the
+//!   metrics, the share of time it works). While they wait longer than
+//!   [`SfuConfig::overload_ingress_wait`] on average, or [`OVERLOAD_DEFERRED_HANDSHAKES`]
+//!   handshake records are queued, the driver refuses new peers (signaling answers `full`),
+//!   so the viewers already watching keep their quality.
 //!
 //! Sans-IO: time is passed in, so both are tested on virtual time.
 
@@ -95,39 +97,62 @@ impl Ingress {
     }
 }
 
-/// The share of wall time the driver spent working, over the last complete window.
+/// How loaded the driver is, over the last complete window: the share of wall time it spent
+/// working (reported), and how long received datagrams waited for it (what admission uses:
+/// waiting is what viewers feel, and it also shows CPU taken by other processes).
+#[derive(Default)]
 pub struct LoadMeter {
     window_start: Option<Instant>,
     busy: Duration,
-    last_fraction: f64,
-}
-
-impl Default for LoadMeter {
-    fn default() -> Self {
-        Self {
-            window_start: None,
-            busy: Duration::ZERO,
-            last_fraction: 0.0,
-        }
-    }
+    waited: Duration,
+    datagrams: u32,
+    last_busy_fraction: f64,
+    last_mean_wait: Duration,
 }
 
 impl LoadMeter {
     /// Records that the driver worked from `start` to `end`.
-    pub fn record(&mut self, start: Instant, end: Instant) {
-        let window_start = *self.window_start.get_or_insert(start);
+    pub fn record_busy(&mut self, start: Instant, end: Instant) {
+        self.window_start.get_or_insert(start);
         self.busy += end.saturating_duration_since(start);
-        let elapsed = end.saturating_duration_since(window_start);
-        if elapsed >= LOAD_WINDOW {
-            self.last_fraction = (self.busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
-            self.busy = Duration::ZERO;
-            self.window_start = Some(end);
+        self.roll(end);
+    }
+
+    /// Records that a datagram waited `waited` between being read and being handled.
+    pub fn record_wait(&mut self, waited: Duration) {
+        self.waited += waited;
+        self.datagrams += 1;
+    }
+
+    /// Closes the window once [`LOAD_WINDOW`] has passed.
+    fn roll(&mut self, now: Instant) {
+        let Some(start) = self.window_start else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < LOAD_WINDOW {
+            return;
         }
+        self.last_busy_fraction = (self.busy.as_secs_f64() / elapsed.as_secs_f64()).min(1.0);
+        self.last_mean_wait = self.waited.checked_div(self.datagrams).unwrap_or_default();
+        (self.busy, self.waited, self.datagrams) = (Duration::ZERO, Duration::ZERO, 0);
+        self.window_start = Some(now);
     }
 
     /// Busy share (0–1) of the last complete window.
     pub fn busy_fraction(&self) -> f64 {
-        self.last_fraction
+        self.last_busy_fraction
+    }
+
+    /// Mean time datagrams waited for the driver in the last complete window.
+    pub fn mean_wait(&self) -> Duration {
+        self.last_mean_wait
+    }
+
+    /// Whether the driver is falling behind: datagrams waited longer than `limit` on average
+    /// in the last complete window.
+    pub fn falling_behind(&self, limit: Duration) -> bool {
+        self.last_mean_wait > limit
     }
 }
 
@@ -177,29 +202,35 @@ mod tests {
 
     #[test]
     #[allow(clippy::disallowed_methods)]
-    fn busy_fraction_covers_the_last_complete_window() {
+    fn the_meter_reads_the_last_complete_window() {
         let mut meter = LoadMeter::default();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        // 9 ms of work in every 10 ms for a window: 90 %.
+        // 9 ms of work in every 10 ms, each datagram having waited 30 ms.
         for i in 0..60u64 {
             let start = t0 + ms(10 * i);
-            meter.record(start, start + ms(9));
+            meter.record_wait(ms(30));
+            meter.record_busy(start, start + ms(9));
         }
         assert!(
             (meter.busy_fraction() - 0.9).abs() < 0.03,
             "{}",
             meter.busy_fraction()
         );
-        // Then 1 ms in 10 ms: once a whole window has passed, it reads 10 %.
+        assert_eq!(meter.mean_wait(), ms(30));
+        assert!(meter.falling_behind(ms(10)));
+        // Then 1 ms in 10 ms and no waiting: once a whole window has passed, it reads so.
         for i in 60..170u64 {
             let start = t0 + ms(10 * i);
-            meter.record(start, start + ms(1));
+            meter.record_wait(Duration::ZERO);
+            meter.record_busy(start, start + ms(1));
         }
         assert!(
             (meter.busy_fraction() - 0.1).abs() < 0.03,
             "{}",
             meter.busy_fraction()
         );
+        assert_eq!(meter.mean_wait(), Duration::ZERO);
+        assert!(!meter.falling_behind(ms(10)));
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use sfu::driver::MediaSocket;
-use sfu::{Role, RoomId, SfuConfig, SfuError, run_driver};
+use sfu::{Role, RoomId, SfuConfig, run_driver};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
@@ -23,24 +23,13 @@ async fn driver(config: SfuConfig) -> (sfu::SfuHandle, tokio::sync::oneshot::Sen
     (handle, stop)
 }
 
-/// Above its busy limit the driver refuses new peers with `Overloaded` (signaling answers
-/// `full`) instead of taking joins it cannot serve; below it, peers are added.
+/// The driver adds peers while it keeps up, and reports its load with the core's counters.
+/// (When it cannot keep up it answers `Overloaded` instead: the rule is unit-tested in
+/// `sfu::load` on virtual time, and shown by `loadtest` runs, since no socket test can make a
+/// real driver fall behind deterministically.)
 #[tokio::test]
-async fn an_overloaded_driver_refuses_new_peers() {
-    // A limit of 0 % is always exceeded.
-    let (busy, _stop) = driver(SfuConfig {
-        overload_busy_fraction: 0.0,
-        ..SfuConfig::default()
-    })
-    .await;
+async fn a_driver_that_keeps_up_adds_peers_and_reports_its_load() {
     let (events, _rx) = mpsc::channel(16);
-    let refused = busy
-        .add_peer(RoomId::new("ROOM"), Role::Publisher, events.clone())
-        .await;
-    assert_eq!(refused, Err(SfuError::Overloaded));
-    let stats = busy.stats().await.unwrap();
-    assert_eq!(stats.peers, 0, "nothing was created");
-
     let (idle, _stop) = driver(SfuConfig::default()).await;
     let added = tokio::time::timeout(
         Duration::from_secs(10),
@@ -52,4 +41,5 @@ async fn an_overloaded_driver_refuses_new_peers() {
     let stats = idle.stats().await.unwrap();
     assert_eq!(stats.peers, 1);
     assert!(stats.busy_pct <= 100);
+    assert_eq!((stats.handshakes_waiting, stats.datagrams_late), (0, 0));
 }

@@ -872,6 +872,15 @@ fn answer_fragment(local_sdp: &str) -> String {
 mod tests {
     use super::*;
 
+    /// An overloaded media plane is `503 full` with a short `Retry-After`, like a full node.
+    #[test]
+    fn an_overloaded_sfu_is_503_full_with_retry_after() {
+        let e = sfu_error(SfuError::Overloaded);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, ErrorCode::Full);
+        assert_eq!(e.retry_after, Some(2));
+    }
+
     #[test]
     fn fragments_parse_candidates_and_credentials() {
         let text = "a=ice-ufrag:EsAw\r\na=ice-pwd:P2uYro0UCOQ4zxjKXaWCBui1\r\nm=audio 9 RTP/AVP 0\r\na=mid:0\r\na=candidate:1387637174 1 udp 2122260223 192.0.2.1 61764 typ host generation 0 ufrag EsAw network-id 1\r\na=end-of-candidates\r\n";
