@@ -44,6 +44,10 @@ pub struct SfuConfig {
     /// of the latency budget above network delay; a driver with room to spare handles a
     /// datagram within microseconds.
     pub overload_ingress_wait: Duration,
+    /// Threads that send the driver's datagrams (`sendmmsg`). The kernel's send path is most
+    /// of the media plane's CPU, so it runs beside the driver thread: one per core by default
+    /// (at least one), so a 2-core machine forwards on one and sends on both.
+    pub send_threads: usize,
 }
 
 impl Default for SfuConfig {
@@ -59,6 +63,7 @@ impl Default for SfuConfig {
             max_ingress_delay: Duration::from_millis(50),
             max_handshake_delay: Duration::from_secs(1),
             overload_ingress_wait: Duration::from_millis(10),
+            send_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

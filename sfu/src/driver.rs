@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -15,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
-use crate::udp::{Egress, SEND_BATCH, read_socket, run_end};
+use crate::udp::{EgressPool, SEND_BATCH, read_socket};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
@@ -193,18 +194,34 @@ pub fn run_driver(
     let (datagrams_tx, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
     let mut senders = HashMap::new();
     for s in sockets {
-        let socket = Arc::new(s.socket);
-        senders.insert(s.advertised, socket.clone());
-        tokio::spawn(read_socket(socket, s.advertised, datagrams_tx.clone()));
+        // The send threads use a blocking-API handle to the same socket (one port).
+        match s
+            .socket
+            .into_std()
+            .and_then(|std| Ok((std.try_clone()?, std)))
+        {
+            Ok((send, receive)) => {
+                senders.insert(s.advertised, Arc::new(send));
+                match UdpSocket::from_std(receive) {
+                    Ok(socket) => {
+                        let reader =
+                            read_socket(Arc::new(socket), s.advertised, datagrams_tx.clone());
+                        tokio::spawn(reader);
+                    }
+                    Err(err) => tracing::error!(%err, "cannot read the media socket"),
+                }
+            }
+            Err(err) => tracing::error!(%err, "cannot share the media socket"),
+        }
     }
+    let threads = config.send_threads;
     let driver = Driver {
+        egress: EgressPool::start(senders, threads),
         ingress: Ingress::new(&config),
         load: LoadMeter::default(),
         sfu: Sfu::new(config),
-        senders,
         peer_events: HashMap::new(),
         room_events,
-        egress: Egress::default(),
     };
     tokio::spawn(driver.run(commands_rx, datagrams_rx, shutdown));
     SfuHandle {
@@ -214,11 +231,10 @@ pub fn run_driver(
 
 struct Driver {
     sfu: Sfu,
-    senders: HashMap<SocketAddr, Arc<UdpSocket>>,
     peer_events: HashMap<PeerId, mpsc::Sender<SfuEvent>>,
     room_events: mpsc::Sender<SfuEvent>,
-    /// Reused buffers for batched sends.
-    egress: Egress,
+    /// The send threads and their reused batches.
+    egress: EgressPool,
     /// Received datagrams: handled now, deferred (handshakes) or dropped (stale).
     ingress: Ingress,
     /// How busy the driver is, for refusing new peers when it is too busy.
@@ -235,7 +251,7 @@ impl Driver {
         tokio::pin!(shutdown);
         let mut woke = None;
         loop {
-            self.flush().await;
+            self.flush();
             if let Some(at) = woke.take() {
                 self.load.record_busy(at, now());
             }
@@ -375,38 +391,39 @@ impl Driver {
             }
             Command::Stats { reply } => {
                 let ingress = self.ingress.stats();
+                let core = self.sfu.stats();
+                let send_lost = self.egress.counters().dropped.load(Ordering::Relaxed);
                 let _ = reply.send(SfuStats {
                     datagrams_late: ingress.late + ingress.deferred_overflow,
+                    datagrams_dropped: core.datagrams_dropped + send_lost,
                     busy_pct: (self.load.busy_fraction() * 100.0).round() as u64,
                     handshakes_waiting: self.ingress.deferred() as u64,
-                    ..self.sfu.stats()
+                    ..core
                 });
             }
         }
     }
 
-    async fn flush(&mut self) {
-        // Batches of up to SEND_BATCH, each sent as soon as it is pulled: never waiting to
-        // fill one, so a lone datagram leaves at once.
+    /// Hands everything the core has to send to the send threads, in batches, and delivers
+    /// its events.
+    fn flush(&mut self) {
+        // Batches of up to SEND_BATCH, each handed over as soon as it is pulled: never
+        // waiting to fill one, so a lone datagram leaves at once.
         loop {
-            let egress = &mut self.egress;
-            egress.dests.clear();
-            while egress.dests.len() < SEND_BATCH {
-                let slot = egress.dests.len();
-                match self.sfu.poll_transmit(&mut egress.bufs[slot]) {
-                    Some(transmit) => egress.dests.push(transmit),
+            let mut batch = self.egress.batch();
+            while batch.dests.len() < SEND_BATCH {
+                let slot = batch.dests.len();
+                match self.sfu.poll_transmit(&mut batch.bufs[slot]) {
+                    Some(transmit) => batch.dests.push(transmit),
                     None => break,
                 }
             }
-            let pulled = egress.dests.len();
-            let mut start = 0;
-            while start < pulled {
-                let end = run_end(&egress.dests, start);
-                if let Some(socket) = self.senders.get(&egress.dests[start].local) {
-                    egress.send_all(socket, start, end).await;
-                }
-                start = end;
+            let pulled = batch.dests.len();
+            if pulled == 0 {
+                self.egress.recycle(batch);
+                break;
             }
+            self.egress.submit(batch);
             if pulled < SEND_BATCH {
                 break;
             }
