@@ -130,6 +130,7 @@ fn forward(
 ) -> SendCount {
     let mut count = SendCount::default();
     let mut sent = 0usize;
+    let local = *sockets.keys().next().expect("one sending socket");
     for _ in 0..packets {
         let now = h.now;
         for d in h.next_host_video(host) {
@@ -142,6 +143,7 @@ fn forward(
                 match h.sfu.poll_transmit(&mut batch.bufs[slot]) {
                     Some(mut t) => {
                         t.remote = addrs[sent % addrs.len()];
+                        t.local = local;
                         sent += 1;
                         batch.dests.push(t);
                     }
