@@ -28,7 +28,7 @@ use crate::report::{
 };
 use crate::scenario::{Churn, PartyLoad, Scenario, SignalingLoad, Spike};
 use crate::schedule::Schedule;
-use crate::tap::Tap;
+use crate::tap::{Tap, TapNetwork};
 use crate::viewer::{self, SharedHistograms, ViewerOutcome, ViewerSetup};
 
 /// The generator's lag ticker period.
@@ -207,17 +207,28 @@ struct Media {
     room: Option<String>,
     host: Option<Arc<Host>>,
     relay: Option<ImpairedRelay>,
+    /// The viewers' shared sockets, one reader per core (see `tap::TapNetwork`).
+    network: Option<Arc<TapNetwork>>,
 }
 
 impl Media {
     async fn start(needs_host: bool, scenario: &Scenario, target: Target) -> Result<Self> {
         let server = target.server;
         let room = scenario.spike.as_ref().and_then(|s| s.room.clone());
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let network = match TapNetwork::new(cores) {
+            Ok(network) => Some(network),
+            Err(err) => {
+                eprintln!("loadtest: viewers get a socket each (no shared sockets: {err})");
+                None
+            }
+        };
         let mut media = Media {
             target,
             room,
             host: None,
             relay: None,
+            network,
         };
         if !needs_host && scenario.spike.is_none() {
             return Ok(media);
@@ -280,6 +291,7 @@ impl Media {
             join_timeout: Duration::from_secs_f64(spike.join_timeout_s),
             host: self.host.clone(),
             histograms: Arc::clone(histograms),
+            network: self.network.clone(),
         })
     }
 

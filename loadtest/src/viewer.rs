@@ -21,7 +21,7 @@ use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;
 
 use crate::metrics::{Histograms, Metric};
-use crate::tap::{Tap, TapRuntime};
+use crate::tap::{Tap, TapNetwork, TapRuntime};
 
 /// Shared by every recorder of a run; recorded at sample rate, so the lock is cold.
 pub type SharedHistograms = Arc<Mutex<Histograms>>;
@@ -46,6 +46,8 @@ pub struct ViewerSetup {
     /// The synthetic host, to look up when a sampled packet was sent (end-to-end latency).
     pub host: Option<Arc<Host>>,
     pub histograms: SharedHistograms,
+    /// Shared viewer sockets (`None`: a socket of its own per viewer).
+    pub network: Option<Arc<TapNetwork>>,
 }
 
 /// The join stages, each measured from the viewer's start.
@@ -147,7 +149,7 @@ pub async fn run(
         token: setup.token.clone(),
         route_via: setup.route_via,
         subscriber: SubscriberOptions {
-            runtime: Some(TapRuntime::new(Arc::clone(&tap))),
+            runtime: Some(TapRuntime::new(Arc::clone(&tap), setup.network.clone())),
             default_interceptors: false,
             on_track: Some(on_track),
         },
