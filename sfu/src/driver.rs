@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
-use crate::udp::{EgressPool, SEND_BATCH, read_socket};
+use crate::udp::{Batch, EgressPool, MAX_DATAGRAM, SEND_BATCH, read_socket};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
@@ -215,8 +215,11 @@ pub fn run_driver(
         }
     }
     let threads = config.send_threads;
+    let egress = EgressPool::start(senders, threads);
     let driver = Driver {
-        egress: EgressPool::start(senders, threads),
+        open: (0..egress.threads()).map(|_| None).collect(),
+        scratch: Vec::with_capacity(MAX_DATAGRAM),
+        egress,
         ingress: Ingress::new(&config),
         load: LoadMeter::default(),
         sfu: Sfu::new(config),
@@ -235,6 +238,10 @@ struct Driver {
     room_events: mpsc::Sender<SfuEvent>,
     /// The send threads and their reused batches.
     egress: EgressPool,
+    /// The batch being filled for each send thread.
+    open: Vec<Option<Batch>>,
+    /// Where the core writes the next datagram before it joins its batch.
+    scratch: Vec<u8>,
     /// Received datagrams: handled now, deferred (handshakes) or dropped (stale).
     ingress: Ingress,
     /// How busy the driver is, for refusing new peers when it is too busy.
@@ -268,8 +275,8 @@ impl Driver {
                     std::future::pending::<()>().await;
                 }
             };
-            // Forwarding first: datagrams, then deadlines, then signaling's commands, and
-            // deferred handshake records only when nothing else is waiting.
+            // Forwarding first: datagrams, then deadlines, then signaling's commands; deferred
+            // handshake records one per burst of datagrams, and freely when nothing waits.
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
@@ -287,6 +294,11 @@ impl Driver {
                     }
                     if deadline.is_some_and(|at| at <= now) {
                         self.sfu.handle_timeout(now);
+                    }
+                    // One handshake record per burst, so joins progress under steady load
+                    // (idle moments can be rare) while forwarding keeps the first turn.
+                    if let Some(datagram) = self.ingress.poll_deferred(now) {
+                        self.sfu.handle_datagram(now, datagram);
                     }
                 }
                 _ = sleep => {
@@ -407,25 +419,28 @@ impl Driver {
     /// Hands everything the core has to send to the send threads, in batches, and delivers
     /// its events.
     fn flush(&mut self) {
-        // Batches of up to SEND_BATCH, each handed over as soon as it is pulled: never
-        // waiting to fill one, so a lone datagram leaves at once.
-        loop {
-            let mut batch = self.egress.batch();
-            while batch.dests.len() < SEND_BATCH {
-                let slot = batch.dests.len();
-                match self.sfu.poll_transmit(&mut batch.bufs[slot]) {
-                    Some(transmit) => batch.dests.push(transmit),
-                    None => break,
-                }
+        // One open batch per send thread; each datagram goes to its destination's thread
+        // (order per viewer kept). A full batch is handed over at once, the rest when the
+        // core has nothing more: never waiting to fill one, so a lone datagram leaves at once.
+        // The datagram is written into `scratch`, then swapped (not copied) into its batch.
+        while let Some(transmit) = self.sfu.poll_transmit(&mut self.scratch) {
+            let thread = self.egress.thread_for(transmit.remote);
+            let batch = match &mut self.open[thread] {
+                Some(batch) => batch,
+                empty => empty.insert(self.egress.batch()),
+            };
+            let slot = batch.dests.len();
+            std::mem::swap(&mut batch.bufs[slot], &mut self.scratch);
+            batch.dests.push(transmit);
+            if batch.dests.len() == SEND_BATCH
+                && let Some(full) = self.open[thread].take()
+            {
+                self.egress.submit(thread, full);
             }
-            let pulled = batch.dests.len();
-            if pulled == 0 {
-                self.egress.recycle(batch);
-                break;
-            }
-            self.egress.submit(batch);
-            if pulled < SEND_BATCH {
-                break;
+        }
+        for thread in 0..self.open.len() {
+            if let Some(batch) = self.open[thread].take() {
+                self.egress.submit(thread, batch);
             }
         }
         while let Some(event) = self.sfu.poll_event() {

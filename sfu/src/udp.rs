@@ -215,13 +215,12 @@ pub struct EgressCounters {
 /// The send threads: the kernel's per-datagram send path is most of an SFU's CPU (measured
 /// with `perf`: two thirds of the driver's time was `sendmmsg` on loopback), so it runs on
 /// threads of its own, on the other cores, while the driver thread forwards. Batches go to
-/// the threads round-robin over bounded queues and come back empty for reuse, so the steady
+/// the threads by destination (one viewer, one thread: order kept) over bounded queues and come back empty for reuse, so the steady
 /// state allocates nothing.
 pub struct EgressPool {
     queues: Vec<SyncSender<Batch>>,
     returned: Receiver<Batch>,
     free: Vec<Batch>,
-    next: usize,
     counters: Arc<EgressCounters>,
 }
 
@@ -263,7 +262,6 @@ impl EgressPool {
             queues,
             returned,
             free: Vec::new(),
-            next: 0,
             counters,
         }
     }
@@ -280,21 +278,35 @@ impl EgressPool {
         self.free.push(batch);
     }
 
-    /// Hands a batch to the next send thread with room; if none has, drops it (counted).
-    pub fn submit(&mut self, batch: Batch) {
-        let mut batch = batch;
-        for _ in 0..self.queues.len() {
-            let queue = &self.queues[self.next];
-            self.next = (self.next + 1) % self.queues.len();
-            match queue.try_send(batch) {
-                Ok(()) => return,
-                Err(TrySendError::Full(b) | TrySendError::Disconnected(b)) => batch = b,
+    /// The number of send threads.
+    pub fn threads(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The send thread for datagrams to `remote`: always the same one, so one viewer's
+    /// datagrams leave in the order the core wrote them (threads racing each other would
+    /// reorder a viewer's packets, and a reordered keyframe costs a viewer its first picture).
+    pub fn thread_for(&self, remote: SocketAddr) -> usize {
+        let ip = match remote.ip() {
+            std::net::IpAddr::V4(ip) => u64::from(ip.to_bits()),
+            std::net::IpAddr::V6(ip) => ip.to_bits() as u64,
+        };
+        let mixed = (ip << 16 | u64::from(remote.port())).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> 32) as usize % self.queues.len()
+    }
+
+    /// Hands a batch to send thread `thread`; if its queue is full, drops it (counted):
+    /// the node is not keeping up, and queueing longer would only deliver stale media.
+    pub fn submit(&mut self, thread: usize, batch: Batch) {
+        match self.queues[thread].try_send(batch) {
+            Ok(()) => {}
+            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
+                self.counters
+                    .dropped
+                    .fetch_add(batch.dests.len() as u64, Ordering::Relaxed);
+                self.recycle(batch);
             }
         }
-        self.counters
-            .dropped
-            .fetch_add(batch.dests.len() as u64, Ordering::Relaxed);
-        self.recycle(batch);
     }
 
     pub fn counters(&self) -> &EgressCounters {
@@ -337,7 +349,7 @@ mod tests {
                 });
                 sent += 1;
             }
-            pool.submit(batch);
+            pool.submit(0, batch);
         }
         for (i, v) in viewers.iter().enumerate() {
             v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -365,6 +377,23 @@ mod tests {
         );
         assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
         assert!(pool.free.iter().all(|b| b.dests.is_empty()));
+    }
+
+    /// One destination always goes to one send thread (its datagrams keep their order), and
+    /// many destinations spread over all threads.
+    #[test]
+    fn a_destination_keeps_its_send_thread() {
+        let pool = EgressPool::start(HashMap::new(), 4);
+        let mut used = [0usize; 4];
+        for port in 5000..5400u16 {
+            let remote: SocketAddr = format!("127.1.0.{}:{port}", port % 250 + 1)
+                .parse()
+                .unwrap();
+            let thread = pool.thread_for(remote);
+            assert_eq!(thread, pool.thread_for(remote));
+            used[thread] += 1;
+        }
+        assert!(used.iter().all(|&n| n > 50), "{used:?}");
     }
 
     #[test]
