@@ -263,15 +263,7 @@ async fn read_datagrams(io: Arc<tokio::net::UdpSocket>, tap: Arc<Tap>, inbox: Ar
             match io.try_recv_from(&mut buf) {
                 Ok((len, addr)) => {
                     let now = tokio::time::Instant::now().into_std();
-                    if tap.inspect(&buf[..len], now) {
-                        let mut inbox = inbox.lock().unwrap_or_else(|e| e.into_inner());
-                        if inbox.queue.len() < INBOX_LIMIT {
-                            inbox.queue.push_back((buf[..len].to_vec(), addr));
-                        }
-                        if let Some(waker) = inbox.waker.take() {
-                            waker.wake();
-                        }
-                    }
+                    receive(&tap, &inbox, &buf[..len], addr, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 // ICMP errors (a closed peer port) surface here; they are per-datagram.
@@ -305,6 +297,20 @@ impl AsyncUdpSocket for TapSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         poll_inbox(&self.inbox, cx, bufs, meta)
+    }
+}
+
+/// One received datagram: shown to the viewer's tap, and queued for its stack (waking it) if
+/// the stack should see it.
+fn receive(tap: &Tap, inbox: &Mutex<Inbox>, datagram: &[u8], from: SocketAddr, now: Instant) {
+    if tap.inspect(datagram, now) {
+        let mut inbox = lock(inbox);
+        if inbox.queue.len() < INBOX_LIMIT {
+            inbox.queue.push_back((datagram.to_vec(), from));
+        }
+        if let Some(waker) = inbox.waker.take() {
+            waker.wake();
+        }
     }
 }
 
@@ -482,15 +488,7 @@ async fn read_shared(shared: std::sync::Weak<SharedSocket>) {
                 continue; // a viewer that left
             };
             for datagram in area[start..start + m.len].chunks(m.stride.max(1)) {
-                if viewer.tap.inspect(datagram, now) {
-                    let mut inbox = lock(&viewer.inbox);
-                    if inbox.queue.len() < INBOX_LIMIT {
-                        inbox.queue.push_back((datagram.to_vec(), m.addr));
-                    }
-                    if let Some(waker) = inbox.waker.take() {
-                        waker.wake();
-                    }
-                }
+                receive(&viewer.tap, &viewer.inbox, datagram, m.addr, now);
             }
         }
     }
