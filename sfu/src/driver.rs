@@ -244,7 +244,7 @@ struct Driver {
     scratch: Vec<u8>,
     /// Received datagrams: handled now, deferred (handshakes) or dropped (stale).
     ingress: Ingress,
-    /// How busy the driver is, for refusing new peers when it is too busy.
+    /// How long datagrams wait for the driver (admission) and how busy it is (metrics).
     load: LoadMeter,
 }
 
@@ -297,9 +297,7 @@ impl Driver {
                     }
                     // One handshake record per burst, so joins progress under steady load
                     // (idle moments can be rare) while forwarding keeps the first turn.
-                    if let Some(datagram) = self.ingress.poll_deferred(now) {
-                        self.sfu.handle_datagram(now, datagram);
-                    }
+                    self.handle_deferred(now);
                 }
                 _ = sleep => {
                     let now = now();
@@ -311,14 +309,8 @@ impl Driver {
                     woke = Some(now);
                     self.handle_command(now, command);
                 }
-                // Not counted as busy: handshakes only fill idle time, so counting them would
-                // read any join backlog as overload (the backlog has its own bound).
-                _ = idle => {
-                    let now = now();
-                    if let Some(datagram) = self.ingress.poll_deferred(now) {
-                        self.sfu.handle_datagram(now, datagram);
-                    }
-                }
+                // Not counted as busy: it only fills idle time.
+                _ = idle => self.handle_deferred(now()),
             }
         }
         tracing::debug!("sfu driver stopped");
@@ -333,11 +325,18 @@ impl Driver {
         }
     }
 
+    /// The next deferred handshake record still worth handling, if any.
+    fn handle_deferred(&mut self, now: Instant) {
+        if let Some(datagram) = self.ingress.poll_deferred(now) {
+            self.sfu.handle_datagram(now, datagram);
+        }
+    }
+
     /// Whether new peers are refused: datagrams wait longer than the limit for the driver, or
     /// so many handshakes wait that a new one would time out in the queue.
-    fn overloaded(&self) -> bool {
-        self.load
-            .falling_behind(self.sfu.config().overload_ingress_wait)
+    fn overloaded(&mut self, now: Instant) -> bool {
+        let limit = self.sfu.config().overload_ingress_wait;
+        self.load.falling_behind(now, limit)
             || self.ingress.deferred() >= OVERLOAD_DEFERRED_HANDSHAKES
     }
 
@@ -349,7 +348,7 @@ impl Driver {
                 events,
                 reply,
             } => {
-                if self.overloaded() {
+                if self.overloaded(now) {
                     let _ = reply.send(Err(SfuError::Overloaded));
                     return;
                 }
@@ -366,7 +365,7 @@ impl Driver {
                 events,
                 reply,
             } => {
-                if self.overloaded() {
+                if self.overloaded(now) {
                     let _ = reply.send(Err(SfuError::Overloaded));
                     return;
                 }

@@ -128,8 +128,8 @@ pub enum SfuError {
     NothingToWatch,
     #[error("the SFU is not running")]
     Stopped,
-    /// The media plane is busy past its limit (see `SfuConfig::overload_busy_fraction`) or
-    /// has a backlog of handshakes; new peers are refused so current viewers keep quality.
+    /// The media plane is falling behind (see `SfuConfig::overload_ingress_wait`) or has a
+    /// backlog of handshakes; new peers are refused so current viewers keep quality.
     #[error("the media server is overloaded; retry shortly")]
     Overloaded,
     #[error("internal error: {0}")]

@@ -151,8 +151,10 @@ impl LoadMeter {
     }
 
     /// Whether the driver is falling behind: datagrams waited longer than `limit` on average
-    /// in the last complete window.
-    pub fn falling_behind(&self, limit: Duration) -> bool {
+    /// in the last complete window as of `now` (a quiet half second closes the window, so an
+    /// old overload does not keep refusing peers after traffic stopped).
+    pub fn falling_behind(&mut self, now: Instant, limit: Duration) -> bool {
+        self.roll(now);
         self.last_mean_wait > limit
     }
 }
@@ -219,7 +221,7 @@ mod tests {
             meter.busy_fraction()
         );
         assert_eq!(meter.mean_wait(), ms(30));
-        assert!(meter.falling_behind(ms(10)));
+        assert!(meter.falling_behind(t0 + ms(599), ms(10)));
         // Then 1 ms in 10 ms and no waiting: once a whole window has passed, it reads so.
         for i in 60..170u64 {
             let start = t0 + ms(10 * i);
@@ -232,6 +234,27 @@ mod tests {
             meter.busy_fraction()
         );
         assert_eq!(meter.mean_wait(), Duration::ZERO);
-        assert!(!meter.falling_behind(ms(10)));
+        assert!(!meter.falling_behind(t0 + ms(1699), ms(10)));
+    }
+
+    /// An overload that ended with the traffic (nothing handled since) does not keep the
+    /// node closed: once the window holding its tail has closed, a quiet one reads as no
+    /// waiting (before, the last busy window's reading stayed until the next datagram).
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn an_overload_ends_when_traffic_stops() {
+        let mut meter = LoadMeter::default();
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        for i in 0..60u64 {
+            let start = t0 + ms(10 * i);
+            meter.record_wait(ms(30));
+            meter.record_busy(start, start + ms(9));
+        }
+        assert!(meter.falling_behind(t0 + ms(600), ms(10)));
+        // The window with the overload's last datagrams closes...
+        meter.falling_behind(t0 + ms(1600), ms(10));
+        // ...and the quiet one after it opens the node again.
+        assert!(!meter.falling_behind(t0 + ms(2200), ms(10)));
     }
 }
