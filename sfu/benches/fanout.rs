@@ -21,6 +21,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use harness::Harness;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use sfu::SfuConfig;
+use sfu::srtp::SrtpProfile;
 use stats_alloc::{INSTRUMENTED_SYSTEM, StatsAlloc};
 
 /// Counts every allocation (and reallocation) made by the process.
@@ -40,6 +41,8 @@ fn harness(profiles: Option<Vec<SrtpProtectionProfile>>) -> Harness {
     let mut h = Harness::new(SfuConfig {
         // Room for one packet to every viewer, so nothing is dropped at N = 2000.
         max_queued_datagrams: 4096,
+        // Viewers may land on any profile the clients offer (the default is GCM only).
+        viewer_srtp_profiles: SrtpProfile::ALL.to_vec(),
         ..SfuConfig::default()
     });
     h.client_srtp_profiles = profiles;

@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::peer_connection::RTCPeerConnectionBuilder;

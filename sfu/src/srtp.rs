@@ -16,6 +16,7 @@ use aes::Aes128;
 use aes::cipher::{BlockEncrypt, InnerIvInit, KeyInit, StreamCipher};
 use hmac::{Hmac, Mac};
 use ring::aead;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use sha1::Sha1;
 
 /// The SRTP protection profiles the fast path implements (RFC 5764 §4.1.2, RFC 7714 §14.2).
@@ -49,6 +50,32 @@ impl SrtpProfile {
             SrtpProfile::Aes128CmHmacSha1_80 => 10,
             SrtpProfile::Aes128CmHmacSha1_32 => 4,
         }
+    }
+
+    /// The DTLS `use_srtp` profile (RFC 5764 §4.1.2) this is.
+    pub fn dtls(self) -> SrtpProtectionProfile {
+        match self {
+            SrtpProfile::AeadAes128Gcm => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            SrtpProfile::Aes128CmHmacSha1_80 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
+            SrtpProfile::Aes128CmHmacSha1_32 => SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
+        }
+    }
+
+    /// The IANA name of the DTLS-SRTP profile (RFC 5764, RFC 7714), as configuration
+    /// spells it.
+    pub fn iana_name(self) -> &'static str {
+        match self {
+            SrtpProfile::AeadAes128Gcm => "SRTP_AEAD_AES_128_GCM",
+            SrtpProfile::Aes128CmHmacSha1_80 => "SRTP_AES128_CM_HMAC_SHA1_80",
+            SrtpProfile::Aes128CmHmacSha1_32 => "SRTP_AES128_CM_HMAC_SHA1_32",
+        }
+    }
+
+    /// The profile whose [`SrtpProfile::iana_name`] is `name`, in any case.
+    pub fn from_iana_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.iana_name().eq_ignore_ascii_case(name))
     }
 
     /// The name browsers report as `srtpCipher`.

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use harness::*;
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use sfu::srtp::SrtpProfile;
 use sfu::{Datagram, RoomId, SfuConfig, SfuError};
 
 const FRAME: Duration = Duration::from_millis(33);
@@ -447,4 +449,62 @@ fn every_peer_presents_the_shared_certificate() {
     // Each Sfu has its own.
     let mut other = Harness::new(SfuConfig::default());
     assert_ne!(a, fingerprint(&mut other, "one", 6000));
+}
+
+/// Viewers are offered AES-128-GCM only by default: `rtc`'s DTLS server takes the client's
+/// first common profile, and Chrome lists AES-CM first. A client that lists AES-CM first
+/// and GCM second (Chrome's order) therefore watches on GCM; one without GCM cannot
+/// connect unless the operator adds AES-CM. Hosts are offered every profile.
+#[test]
+fn viewers_get_aes_gcm_unless_aes_cm_is_configured() {
+    use SrtpProtectionProfile::{Srtp_Aead_Aes_128_Gcm as Gcm, Srtp_Aes128_Cm_Hmac_Sha1_80 as Cm};
+    let cases = [
+        (vec![Cm, Gcm], SfuConfig::default(), true),
+        (vec![Cm], SfuConfig::default(), false),
+        (
+            vec![Cm],
+            SfuConfig {
+                viewer_srtp_profiles: vec![
+                    SrtpProfile::AeadAes128Gcm,
+                    SrtpProfile::Aes128CmHmacSha1_80,
+                ],
+                ..SfuConfig::default()
+            },
+            true,
+        ),
+    ];
+    for (client_profiles, config, watches) in cases {
+        let label = format!(
+            "client {client_profiles:?}, viewers offered {:?}",
+            config.viewer_srtp_profiles
+        );
+        let mut h = Harness::new(config);
+        h.client_srtp_profiles = Some(client_profiles);
+        let host = h.add_host("room");
+        h.run_for(Duration::from_millis(500));
+        h.send_frame(host, 1, true, Duration::from_millis(100));
+        let viewer = h.add_viewer("room");
+        h.run_for(Duration::from_millis(1000));
+        for seq in 2..=40u16 {
+            h.send_frame(host, seq, seq % 10 == 0, FRAME);
+        }
+        h.run_for(Duration::from_millis(200));
+        let stats = h.sfu.stats();
+        assert_eq!(
+            stats.tracks, 2,
+            "{label}: the host's media arrived: {stats:?}"
+        );
+        let (_, video) = h.clients[viewer].video();
+        assert_eq!(
+            !video.is_empty(),
+            watches,
+            "{label}: {} video packets",
+            video.len()
+        );
+        assert_eq!(
+            stats.fast_path_viewers,
+            u64::from(watches),
+            "{label}: {stats:?}"
+        );
+    }
 }

@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Origins allowed to call WHIP/WHEP from a browser (CORS); `*` allows any.
     pub cors_origins: Vec<String>,
+    /// DTLS-SRTP profiles offered to viewers (see `sfu::SfuConfig::viewer_srtp_profiles`:
+    /// AES-128-GCM only by default, because Chrome would otherwise pick AES-CM).
+    pub viewer_srtp_profiles: Vec<sfu::srtp::SrtpProfile>,
 }
 
 /// Rate limits (per IP, per connection, per party) and admission control.
@@ -119,6 +122,7 @@ impl Default for ServerConfig {
             telemetry: crate::telemetry::TelemetryConfig::default(),
             shutdown_grace: Duration::from_secs(10),
             cors_origins: vec!["*".to_owned()],
+            viewer_srtp_profiles: sfu::SfuConfig::default().viewer_srtp_profiles,
         }
     }
 }

@@ -155,7 +155,11 @@ impl AppState {
         let shutdown = CancellationToken::new();
         let (room_events_tx, mut room_events_rx) = mpsc::channel(ROOM_EVENTS_QUEUE);
         let stop = shutdown.clone();
-        let sfu = sfu::run_driver(SfuConfig::default(), sockets, room_events_tx, async move {
+        let sfu_config = SfuConfig {
+            viewer_srtp_profiles: config.viewer_srtp_profiles.clone(),
+            ..SfuConfig::default()
+        };
+        let sfu = sfu::run_driver(sfu_config, sockets, room_events_tx, async move {
             stop.cancelled().await
         });
         let rooms = rooms::spawn_rooms(config.room_state_interval, config.limits.admission);

@@ -29,6 +29,7 @@ use crate::config::{LimitsConfig, ServerConfig};
 use crate::limits::Rate;
 use crate::telemetry::TelemetryConfig;
 use crate::turn::TurnConfig;
+use sfu::srtp::SrtpProfile;
 
 /// Environment variable of the configuration file's path.
 pub const CONFIG_ENV: &str = "MARQUEE_CONFIG";
@@ -348,6 +349,16 @@ pub struct FileSettings {
     pub turn: Option<Vec<TurnFile>>,
     pub limits: Option<LimitsFile>,
     pub telemetry: Option<TelemetryFile>,
+    pub media: Option<MediaFile>,
+}
+
+/// `[media]`: the SFU's media plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MediaFile {
+    /// DTLS-SRTP profiles offered to viewers, by IANA name (`SRTP_AEAD_AES_128_GCM`,
+    /// `SRTP_AES128_CM_HMAC_SHA1_80`, `SRTP_AES128_CM_HMAC_SHA1_32`).
+    pub viewer_srtp_profiles: Option<Vec<String>>,
 }
 
 /// One `[[turn]]` entry.
@@ -497,6 +508,15 @@ pub fn effective(config: &ServerConfig) -> FileSettings {
             service_name: Some(config.telemetry.service_name.clone()),
             export_interval_ms: Some(
                 u64::try_from(config.telemetry.export_interval.as_millis()).unwrap_or(u64::MAX),
+            ),
+        }),
+        media: Some(MediaFile {
+            viewer_srtp_profiles: Some(
+                config
+                    .viewer_srtp_profiles
+                    .iter()
+                    .map(|p| p.iana_name().to_owned())
+                    .collect(),
             ),
         }),
     }
@@ -652,7 +672,51 @@ fn apply_file(
             |key| file.key(&format!("telemetry.{key}")),
         )?;
     }
+    if let Some(names) = s
+        .media
+        .as_ref()
+        .and_then(|m| m.viewer_srtp_profiles.as_ref())
+    {
+        config.viewer_srtp_profiles =
+            srtp_profiles(names, || file.key("media.viewer_srtp_profiles"))?;
+    }
     Ok(())
+}
+
+/// A non-empty list of SRTP profiles the fast path implements, by IANA name.
+fn srtp_profiles(
+    names: &[String],
+    setting: impl Fn() -> String,
+) -> Result<Vec<SrtpProfile>, SettingsError> {
+    let known = || {
+        SrtpProfile::ALL
+            .iter()
+            .map(|p| p.iana_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if names.is_empty() {
+        return Err(invalid(
+            setting(),
+            format!("list at least one of {}", known()),
+        ));
+    }
+    let mut profiles = Vec::new();
+    for name in names {
+        let profile = SrtpProfile::from_iana_name(name).ok_or_else(|| {
+            invalid(
+                setting(),
+                format!(
+                    "unknown SRTP profile {name:?}; the SFU implements {}",
+                    known()
+                ),
+            )
+        })?;
+        if !profiles.contains(&profile) {
+            profiles.push(profile);
+        }
+    }
+    Ok(profiles)
 }
 
 fn apply_limits_file(
@@ -1122,6 +1186,9 @@ mod tests {
             otlp_endpoint = "http://127.0.0.1:4318"
             service_name = "edge-1"
             export_interval_ms = 500
+
+            [media]
+            viewer_srtp_profiles = ["srtp_aead_aes_128_gcm", "SRTP_AES128_CM_HMAC_SHA1_80"]
             "#
         );
         let config = build(Some(&file(&text)), &ServeArgs::default()).unwrap();
@@ -1172,6 +1239,26 @@ mod tests {
         );
         assert_eq!(config.telemetry.service_name, "edge-1");
         assert_eq!(config.telemetry.export_interval, Duration::from_millis(500));
+        assert_eq!(
+            config.viewer_srtp_profiles,
+            vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::Aes128CmHmacSha1_80]
+        );
+    }
+
+    #[test]
+    fn viewer_srtp_profiles_must_name_profiles_the_sfu_implements() {
+        let err = build_err(
+            "dev = true\n[media]\nviewer_srtp_profiles = [\"SRTP_AEAD_AES_256_GCM\"]\n",
+            &[],
+        );
+        assert!(
+            err.contains("`media.viewer_srtp_profiles`")
+                && err.contains("unknown SRTP profile \"SRTP_AEAD_AES_256_GCM\"")
+                && err.contains("SRTP_AES128_CM_HMAC_SHA1_80"),
+            "{err}"
+        );
+        let err = build_err("dev = true\n[media]\nviewer_srtp_profiles = []\n", &[]);
+        assert!(err.contains("list at least one of"), "{err}");
     }
 
     #[test]

@@ -85,10 +85,11 @@ test('host goes live with the camera; two viewers see moving video and hear audi
     await assertWatching(viewers, `${SUSTAINED_MS / 1000} s after going live`);
 
     // The SFU's forwarding fast path: both viewers' media takes it (their keys reproduced
-    // rtc's output), with an SRTP profile it implements. Chrome lists AES-CM-HMAC-SHA1-80
-    // before AES-GCM and rtc's DTLS server honours the client's order, so Chrome lands on
-    // AES-CM here (see docs/sfu.md); every SSRC a viewer receives has had sender reports,
-    // which the SFU writes itself since forwarded media bypasses rtc's report interceptor.
+    // rtc's output). Viewers are sealed with AES-128-GCM: Chrome lists AES-CM-HMAC-SHA1-80
+    // first and rtc's DTLS server honours the client's order, so the SFU offers viewers GCM
+    // only (media.viewer_srtp_profiles); the host may be on either. Every SSRC a viewer
+    // receives has had sender reports, which the SFU writes itself since forwarded media
+    // bypasses rtc's report interceptor.
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     assert.match(metrics, /^marquee_fast_path_viewers(\{[^}]*\})? 2$/m, 'both viewers on the fast path');
     assert.match(metrics, /^marquee_rtc_path_viewers(\{[^}]*\})? 0$/m);
@@ -97,9 +98,11 @@ test('host goes live with the camera; two viewers see moving video and hear audi
         const stats = await window.marquee.pc.getStats();
         return [...stats.values()].filter((s) => s.type === 'transport').map((s) => s.srtpCipher);
       });
-      assert.ok(ciphers.length > 0
-        && ciphers.every((c) => ['AEAD_AES_128_GCM', 'SRTP_AES128_CM_HMAC_SHA1_80'].includes(c)),
-      `${page.marqueeName}: srtpCipher ${JSON.stringify(ciphers)}`);
+      // Chrome reports the IANA names (older versions drop the SRTP_ prefix of GCM).
+      const gcm = ['SRTP_AEAD_AES_128_GCM', 'AEAD_AES_128_GCM'];
+      const expected = page === host ? [...gcm, 'SRTP_AES128_CM_HMAC_SHA1_80'] : gcm;
+      assert.ok(ciphers.length > 0 && ciphers.every((c) => expected.includes(c)),
+        `${page.marqueeName}: srtpCipher ${JSON.stringify(ciphers)}`);
     }
     for (const viewer of viewers) {
       const reports = await viewer.evaluate(async () => {

@@ -117,14 +117,18 @@ impl Sfu {
         let setting_engine = SettingEngineBuilder::new()
             // Learns the SRTP master keys for the forwarding fast path (see `FastPath`).
             .with_crypto_provider(keys.clone())
-            // AES-128-GCM first: one AES-GCM pass per packet instead of AES-CTR plus
-            // HMAC-SHA1 (RFC 7714). AES-256 is not offered: the fast path does not implement
-            // it, and it buys nothing for a live stream.
-            .with_srtp_protection_profiles(vec![
-                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80,
-                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_32,
-            ])
+            // Which profiles each role is offered, and why, is `SfuConfig`'s to say. AES-256
+            // is never offered: the fast path does not implement it, and it buys nothing
+            // for a live stream.
+            .with_srtp_protection_profiles(
+                match role {
+                    Role::Publisher => &self.config.host_srtp_profiles,
+                    Role::Subscriber => &self.config.viewer_srtp_profiles,
+                }
+                .iter()
+                .map(|p| p.dtls())
+                .collect(),
+            )
             .with_lite(true)
             .with_ice_credentials(ufrag.clone(), random_token(32))
             // Hosts offer actpass; answering as DTLS server lets the browser start the
