@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
-use crate::udp::{Batch, EgressPool, MAX_DATAGRAM, SEND_BATCH, read_socket};
+use crate::udp::{Batch, EgressPool, MAX_DATAGRAM, SEND_BATCH, Sockets, read_socket};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
@@ -215,6 +215,8 @@ pub fn run_driver(
         }
     }
     let threads = config.send_threads;
+    let senders = Sockets::new(senders);
+    tracing::info!(gso = senders.gso(), send_threads = threads, "media egress");
     let egress = EgressPool::start(senders, threads);
     let driver = Driver {
         open: (0..egress.threads()).map(|_| None).collect(),

@@ -124,6 +124,8 @@ pub struct Sfu {
     by_addr: HashMap<SocketAddr, PeerId>,
     /// Peers with queued datagrams, served round-robin so one busy peer cannot starve others.
     ready: VecDeque<PeerId>,
+    /// Datagrams the front of `ready` has had in its current turn (see [`PEER_TURN`]).
+    turn: usize,
     /// Peer deadlines; an entry is stale unless it equals the peer's current `deadline`.
     timers: BinaryHeap<Reverse<(Instant, PeerId)>>,
     /// Track deadlines (deferred keyframe request, orphan expiry), pushed when set; an
@@ -200,6 +202,11 @@ struct Peer {
 /// Early connectivity checks held per peer; more are dropped (the client retransmits).
 const MAX_EARLY_DATAGRAMS: usize = 8;
 
+/// Datagrams a peer may send in a row before the next peer's turn: a video frame at a few
+/// Mbit/s, which then leaves as one GSO message ([`crate::udp::MAX_SEGMENTS`]), while a peer
+/// with a long queue (a retransmission burst) still cannot hold the others up for long.
+const PEER_TURN: usize = crate::udp::MAX_SEGMENTS;
+
 struct Subscription {
     track: TrackId,
     sender: RTCRtpSenderId,
@@ -271,6 +278,7 @@ impl Sfu {
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
             ready: VecDeque::new(),
+            turn: 0,
             timers: BinaryHeap::new(),
             track_timers: BinaryHeap::new(),
             events: VecDeque::new(),
@@ -516,23 +524,33 @@ impl Sfu {
     }
 
     /// Writes the next datagram to send into `buf` (cleared first) and says where it goes;
-    /// round-robin across peers, so one busy peer cannot starve the others.
+    /// round-robin across peers, a turn of up to [`PEER_TURN`] datagrams each, so one busy
+    /// peer cannot starve the others while a viewer's packets of one frame still leave back
+    /// to back (the send threads turn such a run into one GSO message).
     ///
     /// Forwarded media is written and SRTP-protected here, in `buf`: a driver that reuses its
     /// buffers makes the fast path allocation-free. Reserve 1500 bytes.
     pub fn poll_transmit(&mut self, buf: &mut Vec<u8>) -> Option<Transmit> {
-        while let Some(peer) = self.ready.pop_front() {
+        while let Some(&peer) = self.ready.front() {
             let Some(p) = self.peers.get_mut(&peer) else {
+                self.ready.pop_front();
+                self.turn = 0;
                 continue;
             };
             let Some(outgoing) = p.queue.pop_front() else {
                 p.in_ready = false;
+                self.ready.pop_front();
+                self.turn = 0;
                 continue;
             };
+            self.turn += 1;
             if p.queue.is_empty() {
                 p.in_ready = false;
-            } else {
-                self.ready.push_back(peer);
+                self.ready.pop_front();
+                self.turn = 0;
+            } else if self.turn == PEER_TURN {
+                self.ready.rotate_left(1);
+                self.turn = 0;
             }
             match outgoing {
                 Outgoing::Made {

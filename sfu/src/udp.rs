@@ -18,9 +18,10 @@
 use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket as StdUdpSocket};
+use std::ops::Range;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,7 @@ use tokio::sync::mpsc;
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
+use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, sendmmsg};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
@@ -138,17 +139,59 @@ pub struct SendCount {
     pub lost: u64,
 }
 
-/// Sends a batch, one `sendmmsg` per run of datagrams leaving the same local socket. A full
-/// socket buffer is waited for (at most [`SEND_WAIT`]); a datagram the kernel refuses
-/// (unreachable peer) is lost, like on the network, and the rest still goes.
-pub fn send_batch(sockets: &HashMap<SocketAddr, Arc<StdUdpSocket>>, batch: &Batch) -> SendCount {
+/// The media sockets the send threads write to, by local address, and whether the kernel
+/// takes GSO sends on them.
+pub struct Sockets {
+    by_local: HashMap<SocketAddr, Arc<StdUdpSocket>>,
+    /// UDP GSO (`UDP_SEGMENT`, Linux ≥ 4.18): consecutive datagrams to one destination leave
+    /// as one message, which crosses the kernel's send path once and is cut into datagrams
+    /// at the end (by the NIC, or the device layer). Turned off for good if the kernel
+    /// refuses a GSO send (a route without checksum offload).
+    gso: AtomicBool,
+}
+
+impl Sockets {
+    /// `by_local`, with GSO where the kernel supports it (probed by `quinn-udp`).
+    pub fn new(by_local: HashMap<SocketAddr, Arc<StdUdpSocket>>) -> Self {
+        let gso = by_local.values().next().is_some_and(|socket| {
+            UdpSocketState::new((&**socket).into()).is_ok_and(|s| s.max_gso_segments() > 1)
+        });
+        Self {
+            by_local,
+            gso: AtomicBool::new(gso),
+        }
+    }
+
+    /// `by_local`, one datagram per message (for comparisons).
+    pub fn without_gso(by_local: HashMap<SocketAddr, Arc<StdUdpSocket>>) -> Self {
+        Self {
+            by_local,
+            gso: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether sends use GSO.
+    pub fn gso(&self) -> bool {
+        self.gso.load(Ordering::Relaxed)
+    }
+}
+
+/// At most this many datagrams to one destination leave as one GSO message: a video frame
+/// at a few Mbit/s, far below the kernel's limit (64 segments, 64 KB).
+pub const MAX_SEGMENTS: usize = 16;
+
+/// Sends a batch, one `sendmmsg` per run of datagrams leaving the same local socket (and
+/// sharing one GSO segment size). A full socket buffer is waited for (at most
+/// [`SEND_WAIT`]); a datagram the kernel refuses (unreachable peer) is lost, like on the
+/// network, and the rest still goes.
+pub fn send_batch(sockets: &Sockets, batch: &Batch) -> SendCount {
     let mut count = SendCount::default();
     let n = batch.dests.len();
     let mut start = 0;
     while start < n {
         let end = run_end(&batch.dests, start);
-        match sockets.get(&batch.dests[start].local) {
-            Some(socket) => send_run(socket, batch, start, end, &mut count),
+        match sockets.by_local.get(&batch.dests[start].local) {
+            Some(socket) => send_run(socket, sockets, batch, start, end, &mut count),
             None => count.lost += (end - start) as u64,
         }
         start = end;
@@ -156,51 +199,149 @@ pub fn send_batch(sockets: &HashMap<SocketAddr, Arc<StdUdpSocket>>, batch: &Batc
     count
 }
 
-fn send_run(socket: &StdUdpSocket, batch: &Batch, first: usize, end: usize, count: &mut SendCount) {
-    let mut next = first;
-    while next < end {
-        let addrs: Vec<Option<SockaddrStorage>> = batch.dests[next..end]
+fn send_run(
+    socket: &StdUdpSocket,
+    sockets: &Sockets,
+    batch: &Batch,
+    first: usize,
+    end: usize,
+    count: &mut SendCount,
+) {
+    let msgs = messages(batch, first, end, sockets.gso());
+    let datagrams = |msgs: &[Range<usize>]| msgs.iter().map(|m| m.len() as u64).sum::<u64>();
+    let mut next = 0;
+    while next < msgs.len() {
+        let (last, segment) = call_end(batch, &msgs, next);
+        let call = &msgs[next..last];
+        let addrs: Vec<Option<SockaddrStorage>> = call
             .iter()
-            .map(|t| Some(SockaddrStorage::from(t.remote)))
+            .map(|m| Some(SockaddrStorage::from(batch.dests[m.start].remote)))
             .collect();
-        let slices: Vec<[IoSlice<'_>; 1]> = batch.bufs[next..end]
+        let slices: Vec<Vec<IoSlice<'_>>> = call
             .iter()
-            .map(|b| [IoSlice::new(b)])
+            .map(|m| {
+                batch.bufs[m.clone()]
+                    .iter()
+                    .map(|b| IoSlice::new(b))
+                    .collect()
+            })
             .collect();
         // Small allocations per syscall (headers, slices, addresses), never per packet.
-        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
-        let result = sendmmsg(
-            socket.as_raw_fd(),
-            &mut headers,
-            &slices,
-            &addrs,
-            [],
-            MsgFlags::empty(),
-        )
-        .map(|sent| sent.count());
+        let result = match segment {
+            Some(size) => {
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                    slices.len(),
+                    Some(nix::cmsg_space!(u16)),
+                );
+                sendmmsg(
+                    socket.as_raw_fd(),
+                    &mut headers,
+                    &slices,
+                    &addrs,
+                    [ControlMessage::UdpGsoSegments(&size)],
+                    MsgFlags::empty(),
+                )
+                .map(|sent| sent.count())
+            }
+            None => {
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(slices.len(), None);
+                sendmmsg(
+                    socket.as_raw_fd(),
+                    &mut headers,
+                    &slices,
+                    &addrs,
+                    [],
+                    MsgFlags::empty(),
+                )
+                .map(|sent| sent.count())
+            }
+        };
         count.syscalls += 1;
         match result {
+            Ok(0) => {
+                count.lost += datagrams(&msgs[next..next + 1]);
+                next += 1;
+            }
             Ok(sent) => {
-                count.datagrams += sent as u64;
-                next += sent.max(1);
+                count.datagrams += datagrams(&call[..sent]);
+                next += sent;
             }
             Err(Errno::EAGAIN) => {
                 // The socket buffer is full: wait for room, or give the run up.
                 let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
                 let ready = poll(&mut fds, PollTimeout::from(SEND_WAIT.as_millis() as u16));
                 if !matches!(ready, Ok(n) if n > 0) {
-                    count.lost += (end - next) as u64;
+                    count.lost += datagrams(&msgs[next..]);
                     return;
                 }
             }
+            Err(err @ (Errno::EIO | Errno::EINVAL)) if segment.is_some() => {
+                // The kernel cannot segment on this route: one datagram per message from now
+                // on, starting with the rest of this run.
+                if sockets.gso.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(%err, "UDP GSO refused by the kernel; sending datagrams one by one");
+                }
+                send_run(socket, sockets, batch, msgs[next].start, end, count);
+                return;
+            }
             Err(err) => {
-                // The first datagram was refused: drop it, send the rest.
-                tracing::trace!(%err, remote = %batch.dests[next].remote, "send failed");
-                count.lost += 1;
+                // The first message was refused: drop it, send the rest.
+                tracing::trace!(%err, remote = %batch.dests[msgs[next].start].remote, "send failed");
+                count.lost += datagrams(&msgs[next..next + 1]);
                 next += 1;
             }
         }
     }
+}
+
+/// Splits datagrams `first..end` of a batch (one local socket) into messages. With GSO, a
+/// message is a run of up to [`MAX_SEGMENTS`] datagrams to one destination in which every
+/// datagram but the last has the first one's length (the kernel cuts at that length);
+/// without, one datagram each.
+fn messages(batch: &Batch, first: usize, end: usize, gso: bool) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = first;
+    while i < end {
+        let remote = batch.dests[i].remote;
+        let segment = batch.bufs[i].len();
+        let mut j = i + 1;
+        while gso
+            && j < end
+            && j - i < MAX_SEGMENTS
+            && batch.dests[j].remote == remote
+            && batch.bufs[j - 1].len() == segment
+            && batch.bufs[j].len() <= segment
+        {
+            j += 1;
+        }
+        out.push(i..j);
+        i = j;
+    }
+    out
+}
+
+/// The end of the messages from `start` one `sendmmsg` can carry, and their GSO segment
+/// size: a `UDP_SEGMENT` control message applies to every message of the call, so the
+/// multi-datagram messages must share a segment size, and no single datagram may be longer
+/// than it (the kernel would cut it).
+fn call_end(batch: &Batch, msgs: &[Range<usize>], start: usize) -> (usize, Option<u16>) {
+    let mut segment: Option<usize> = None;
+    let mut longest_single = 0;
+    for (k, m) in msgs.iter().enumerate().skip(start) {
+        let len = batch.bufs[m.start].len();
+        if m.len() > 1 {
+            match segment {
+                Some(size) if size != len => return (k, segment.map(|s| s as u16)),
+                None if longest_single > len => return (k, None),
+                _ => segment = Some(len),
+            }
+        } else if segment.is_some_and(|size| len > size) {
+            return (k, segment.map(|s| s as u16));
+        } else {
+            longest_single = longest_single.max(len);
+        }
+    }
+    (msgs.len(), segment.map(|s| s as u16))
 }
 
 /// Counters of the send threads, read for the SFU's stats.
@@ -226,7 +367,7 @@ pub struct EgressPool {
 
 impl EgressPool {
     /// Starts `threads` send threads (at least one) over `sockets`, keyed by local address.
-    pub fn start(sockets: HashMap<SocketAddr, Arc<StdUdpSocket>>, threads: usize) -> Self {
+    pub fn start(sockets: Sockets, threads: usize) -> Self {
         let sockets = Arc::new(sockets);
         let counters = Arc::new(EgressCounters::default());
         let (give_back, returned) = std::sync::mpsc::channel();
@@ -336,7 +477,7 @@ mod tests {
         let viewers: Vec<StdUdpSocket> = (0..40)
             .map(|_| StdUdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
-        let mut pool = EgressPool::start(HashMap::from([(local, server)]), 2);
+        let mut pool = EgressPool::start(Sockets::new(HashMap::from([(local, server)])), 2);
         let mut sent = 0;
         for chunk in viewers.chunks(SEND_BATCH) {
             let mut batch = pool.batch();
@@ -379,11 +520,113 @@ mod tests {
         assert!(pool.free.iter().all(|b| b.dests.is_empty()));
     }
 
+    fn batch_of(datagrams: &[(SocketAddr, usize, u8)], local: SocketAddr) -> Batch {
+        let mut batch = Batch::default();
+        for (slot, &(remote, len, fill)) in datagrams.iter().enumerate() {
+            batch.bufs[slot].clear();
+            batch.bufs[slot].resize(len, fill);
+            batch.dests.push(Transmit { local, remote });
+        }
+        batch
+    }
+
+    /// A viewer's run of datagrams becomes one GSO message when only its last datagram is
+    /// shorter; a call shares one segment size, and a single datagram longer than it starts
+    /// the next call (the kernel would cut it).
+    #[test]
+    fn runs_to_one_destination_become_gso_messages() {
+        let local: SocketAddr = "127.0.0.1:7882".parse().unwrap();
+        let v = |n: u8| -> SocketAddr { format!("127.0.0.{n}:5000").parse().unwrap() };
+        let batch = batch_of(
+            &[
+                (v(1), 1000, 0),
+                (v(1), 1000, 0),
+                (v(1), 300, 0),  // last of v1's frame: shorter is fine
+                (v(1), 1000, 0), // after a short one: a new message
+                (v(2), 1000, 0),
+                (v(2), 1000, 0),
+                (v(3), 200, 0),
+                (v(4), 900, 0),
+                (v(4), 900, 0), // another segment size: another call
+                (v(5), 1200, 0),
+            ],
+            local,
+        );
+        let msgs = messages(&batch, 0, 10, true);
+        assert_eq!(msgs, vec![0..3, 3..4, 4..6, 6..7, 7..9, 9..10]);
+        assert_eq!(call_end(&batch, &msgs, 0), (4, Some(1000)));
+        assert_eq!(
+            call_end(&batch, &msgs, 4),
+            (5, Some(900)),
+            "1200 bytes would be cut at 900"
+        );
+        assert_eq!(
+            call_end(&batch, &msgs, 5),
+            (6, None),
+            "1200 alone needs no GSO"
+        );
+        assert_eq!(
+            messages(&batch, 0, 10, false).len(),
+            10,
+            "without GSO, one datagram per message"
+        );
+    }
+
+    /// Through the kernel: each viewer receives its datagrams one by one, whole and in
+    /// order, whether or not they left as GSO messages; with GSO the batch is one syscall.
+    #[test]
+    fn gso_messages_arrive_as_separate_datagrams_in_order() {
+        let server = Arc::new(StdUdpSocket::bind("127.0.0.1:0").unwrap());
+        let local = server.local_addr().unwrap();
+        let viewers: Vec<StdUdpSocket> = (0..3)
+            .map(|_| StdUdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addr = |i: usize| viewers[i].local_addr().unwrap();
+        // A frame of four packets to viewer 0, two to viewer 1, one short one to viewer 2.
+        let plan = [
+            (addr(0), 1100, 1),
+            (addr(0), 1100, 2),
+            (addr(0), 1100, 3),
+            (addr(0), 400, 4),
+            (addr(1), 1100, 5),
+            (addr(1), 1100, 6),
+            (addr(2), 90, 7),
+        ];
+        let batch = batch_of(&plan, local);
+        for gso in [true, false] {
+            let by_local = HashMap::from([(local, server.clone())]);
+            let sockets = if gso {
+                Sockets::new(by_local)
+            } else {
+                Sockets::without_gso(by_local)
+            };
+            let count = send_batch(&sockets, &batch);
+            assert_eq!((count.datagrams, count.lost), (7, 0), "gso {gso}");
+            if sockets.gso() {
+                assert_eq!(count.syscalls, 1, "one call: segment size 1100 for all");
+            }
+            for (remote, len, fill) in plan {
+                let v = viewers
+                    .iter()
+                    .find(|v| v.local_addr().unwrap() == remote)
+                    .unwrap();
+                v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = [0u8; 2048];
+                let (got, from) = v.recv_from(&mut buf).unwrap();
+                assert_eq!(
+                    (got, from, buf[0], buf[got - 1]),
+                    (len, local, fill, fill),
+                    "gso {gso}"
+                );
+            }
+        }
+    }
+
     /// One destination always goes to one send thread (its datagrams keep their order), and
     /// many destinations spread over all threads.
     #[test]
     fn a_destination_keeps_its_send_thread() {
-        let pool = EgressPool::start(HashMap::new(), 4);
+        let pool = EgressPool::start(Sockets::new(HashMap::new()), 4);
         let mut used = [0usize; 4];
         for port in 5000..5400u16 {
             let remote: SocketAddr = format!("127.1.0.{}:{port}", port % 250 + 1)
