@@ -117,7 +117,9 @@ pub enum SfuEvent {
 pub struct Sfu {
     config: SfuConfig,
     next_id: u64,
-    peers: HashMap<PeerId, Peer>,
+    /// Boxed: a `Peer` is ~9 KB (mostly `rtc`'s peer connection), and the map's spare
+    /// slots and rehashes during a join spike would hold and move that much per slot.
+    peers: HashMap<PeerId, Box<Peer>>,
     rooms: HashMap<RoomId, Room>,
     tracks: HashMap<TrackId, Track>,
     by_ufrag: HashMap<String, PeerId>,

@@ -62,6 +62,11 @@ use turn::IceServer;
 /// `ServerConfig::max_message_bytes` but below this get a `message_too_large` error and the
 /// session continues; only absurd frames end it.
 const WS_HARD_LIMIT: usize = 1024 * 1024;
+
+/// Bytes a WebSocket reads per call (the buffer grows for a longer message). tungstenite's
+/// default, 128 KiB, is allocated up front per connection and was half of a viewer's memory
+/// (massif, 60 viewers); signaling messages are a few hundred bytes.
+const WS_READ_BUFFER: usize = 4 * 1024;
 /// Room-level SFU events (tracks changed) waiting for the rooms task.
 const ROOM_EVENTS_QUEUE: usize = 1024;
 
@@ -361,6 +366,7 @@ async fn ws_upgrade(
     upgrade
         .max_message_size(WS_HARD_LIMIT)
         .max_frame_size(WS_HARD_LIMIT)
+        .read_buffer_size(WS_READ_BUFFER)
         .on_upgrade(move |socket| {
             let sessions = state.sessions.clone();
             sessions.track_future(session::run_session(socket, state, id))

@@ -164,7 +164,7 @@ impl Sfu {
         self.by_ufrag.insert(ufrag.clone(), id);
         self.peers.insert(
             id,
-            Peer {
+            Box::new(Peer {
                 room: room.clone(),
                 role,
                 pc,
@@ -187,7 +187,7 @@ impl Sfu {
                 nominated: None,
                 last_heard: now,
                 early: Vec::new(),
-            },
+            }),
         );
         let r = self.rooms.entry(room.clone()).or_default();
         match role {
