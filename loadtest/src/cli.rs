@@ -13,7 +13,7 @@ use clap::Parser;
 use crate::access::Tokens;
 use crate::relay::Impairment;
 use crate::report::{Verdict, table};
-use crate::scenario::{Churn, PartyLoad, Scenario, SignalingLoad, Spike};
+use crate::scenario::{Churn, PartyLoad, Scenario, SecondWave, SignalingLoad, Spike};
 use crate::schedule::{Arrival, Departure};
 
 pub const EXIT_BAD_INPUT: u8 = 4;
@@ -55,6 +55,10 @@ pub struct Args {
     /// Seconds everyone stays after the last arrival.
     #[arg(long, allow_hyphen_values = true)]
     pub hold: Option<f64>,
+    /// Spike: N more viewers arriving (on the same curve) AFTER_S seconds after the last of
+    /// the first wave, while it watches: `500@20`.
+    #[arg(long, allow_hyphen_values = true)]
+    pub second_wave: Option<String>,
     /// Departure: all | gradual:SECONDS.
     #[arg(long, allow_hyphen_values = true)]
     pub depart: Option<String>,
@@ -152,6 +156,23 @@ pub fn parse_arrival(spec: &str) -> Result<Arrival> {
     })
 }
 
+/// Parses `500@20`: 500 viewers, 20 s after the first wave's last arrival.
+pub fn parse_second_wave(spec: &str) -> Result<SecondWave> {
+    let (viewers, after) = spec
+        .split_once('@')
+        .with_context(|| format!("--second-wave {spec}: expected VIEWERS@AFTER_SECONDS"))?;
+    Ok(SecondWave {
+        viewers: viewers
+            .trim()
+            .parse()
+            .with_context(|| format!("--second-wave {spec}: {viewers:?} is not a count"))?,
+        after_s: after
+            .trim()
+            .parse()
+            .with_context(|| format!("--second-wave {spec}: {after:?} is not a number"))?,
+    })
+}
+
 /// Parses `all` or `gradual:10`.
 pub fn parse_departure(spec: &str) -> Result<Departure> {
     match spec.split_once(':') {
@@ -200,6 +221,7 @@ impl Args {
             || self.bitrate_kbps.is_some()
             || self.sample_every.is_some()
             || self.depart.is_some()
+            || self.second_wave.is_some()
             || self.join_timeout.is_some();
         if spike_flags || (s.spike.is_some() && (arrival.is_some() || self.hold.is_some())) {
             let spike = s.spike.get_or_insert_with(Spike::default);
@@ -212,6 +234,9 @@ impl Args {
             );
             if self.room.is_some() {
                 spike.room = self.room.clone();
+            }
+            if let Some(spec) = &self.second_wave {
+                spike.second_wave = Some(parse_second_wave(spec)?);
             }
             set(&mut spike.bitrate_kbps, self.bitrate_kbps);
             set(&mut spike.sample_every, self.sample_every);
@@ -418,6 +443,15 @@ mod tests {
             }
         );
         assert!(parse_arrival("wave").is_err());
+        assert_eq!(
+            parse_second_wave("500@20").unwrap(),
+            SecondWave {
+                viewers: 500,
+                after_s: 20.0
+            }
+        );
+        assert!(parse_second_wave("500").is_err());
+        assert!(parse_second_wave("many@20").is_err());
         assert!(parse_arrival("ramp:soon").is_err());
         assert_eq!(parse_departure("all").unwrap(), Departure::AllAtOnce);
         assert_eq!(

@@ -34,6 +34,11 @@ pub enum Metric {
     Join,
     /// Host send instant → viewer receive instant, per sampled packet.
     E2eLatency,
+    /// The same, for the first wave of a spike with a second wave, in its steady seconds
+    /// before the second wave.
+    E2eSteady,
+    /// The same, for the first wave, while the second wave joins (until it settled).
+    E2eSecondWave,
     /// RFC 3550 interarrival jitter of each viewer's video at the end of the run.
     Jitter,
     /// Each viewer's video loss after retransmissions.
@@ -53,7 +58,7 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 15] = [
+    pub const ALL: [Metric; 17] = [
         Metric::JoinWsOpen,
         Metric::JoinJoined,
         Metric::JoinIce,
@@ -61,6 +66,8 @@ impl Metric {
         Metric::JoinFirstRtp,
         Metric::Join,
         Metric::E2eLatency,
+        Metric::E2eSteady,
+        Metric::E2eSecondWave,
         Metric::Jitter,
         Metric::ViewerLoss,
         Metric::ViewerBitrate,
@@ -81,6 +88,8 @@ impl Metric {
             Metric::JoinFirstRtp => "join_first_rtp",
             Metric::Join => "join",
             Metric::E2eLatency => "e2e_latency",
+            Metric::E2eSteady => "e2e_steady",
+            Metric::E2eSecondWave => "e2e_second_wave",
             Metric::Jitter => "jitter",
             Metric::ViewerLoss => "viewer_loss",
             Metric::ViewerBitrate => "viewer_bitrate",
@@ -111,6 +120,8 @@ impl Metric {
             Metric::JoinFirstRtp => "join → first RTP",
             Metric::Join => "join → first keyframe",
             Metric::E2eLatency => "host send → viewer receive",
+            Metric::E2eSteady => "first wave, steady, before the second",
+            Metric::E2eSecondWave => "first wave, while the second joins",
             Metric::Jitter => "video interarrival jitter (per viewer)",
             Metric::ViewerLoss => "video loss after NACK (per viewer)",
             Metric::ViewerBitrate => "received bitrate (per viewer)",

@@ -26,10 +26,10 @@ use crate::relay::ImpairedRelay;
 use crate::report::{
     Counts, GeneratorUsage, MetricReport, Report, SeriesPoint, ServerUsage, Verdict,
 };
-use crate::scenario::{Churn, PartyLoad, Scenario, SignalingLoad, Spike};
+use crate::scenario::{Churn, PartyLoad, Scenario, SecondWave, SignalingLoad, Spike};
 use crate::schedule::Schedule;
 use crate::tap::{Tap, TapNetwork};
-use crate::viewer::{self, SharedHistograms, ViewerOutcome, ViewerSetup};
+use crate::viewer::{self, SharedHistograms, ViewerOutcome, ViewerSetup, WavePhase};
 
 /// The generator's lag ticker period.
 const LAG_TICK: Duration = Duration::from_millis(10);
@@ -292,6 +292,7 @@ impl Media {
             host: self.host.clone(),
             histograms: Arc::clone(histograms),
             network: self.network.clone(),
+            wave: None,
         })
     }
 
@@ -330,27 +331,40 @@ async fn run_spike(
     live: &Arc<Live>,
     histograms: &SharedHistograms,
 ) -> Result<()> {
-    let n = spike.viewers as usize;
-    live.planned.fetch_add(spike.viewers, Ordering::Relaxed);
-    lock(&live.counts).viewers_planned += spike.viewers;
-    let mut arrivals = Schedule::new(now(), spike.arrival.offsets(n, seed));
-    let mut leaves = Vec::with_capacity(n);
-    let mut viewers = JoinSet::new();
-    while let Some(at) = arrivals.poll_timeout() {
-        tokio::time::sleep_until(at.into()).await;
-        while let Some(i) = arrivals.poll_due(now()) {
-            let setup = media.setup(spike, format!("viewer {i}"), histograms)?;
-            let (tx, rx) = watch::channel(false);
-            leaves.push(tx);
-            lock(&live.counts).viewers_started += 1;
-            viewers.spawn(watch_one(
-                setup,
-                rx,
-                Arc::clone(live),
-                Arc::clone(histograms),
-            ));
-        }
+    let second = spike.second_wave.as_ref();
+    let total = spike.viewers + second.map_or(0, |w| w.viewers);
+    live.planned.fetch_add(total, Ordering::Relaxed);
+    lock(&live.counts).viewers_planned += total;
+    // Only a spike with a second wave tells its first wave's latency apart by phase.
+    let wave = second.map(|_| Arc::new(WavePhase::default()));
+    let mut waves = Waves {
+        spike,
+        media,
+        live,
+        histograms,
+        leaves: Vec::new(),
+        viewers: JoinSet::new(),
+    };
+    waves
+        .arrive(spike.viewers as usize, seed, wave.clone())
+        .await?;
+    if let (Some(second), Some(wave)) = (second, &wave) {
+        let settle = Duration::from_secs_f64(SecondWave::SETTLE_S);
+        tokio::time::sleep(settle).await;
+        wave.set(WavePhase::STEADY);
+        tokio::time::sleep(Duration::from_secs_f64(second.after_s).saturating_sub(settle)).await;
+        wave.set(WavePhase::SECOND_WAVE);
+        waves
+            .arrive(second.viewers as usize, seed ^ 0x2, None)
+            .await?;
+        tokio::time::sleep(settle).await;
+        wave.set(WavePhase::AFTER);
     }
+    let Waves {
+        leaves,
+        mut viewers,
+        ..
+    } = waves;
     tokio::time::sleep(Duration::from_secs_f64(spike.hold_s)).await;
     let mut departures = Schedule::new(now(), spike.departure.offsets(leaves.len(), seed ^ 0x5eed));
     while let Some(at) = departures.poll_timeout() {
@@ -361,6 +375,42 @@ async fn run_spike(
     }
     while viewers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A spike's viewers as they arrive, wave after wave.
+struct Waves<'a> {
+    spike: &'a Spike,
+    media: &'a Media,
+    live: &'a Arc<Live>,
+    histograms: &'a SharedHistograms,
+    /// One sender per viewer started: `true` tells it to leave.
+    leaves: Vec<watch::Sender<bool>>,
+    viewers: JoinSet<ViewerOutcome>,
+}
+
+impl Waves<'_> {
+    /// Starts `n` viewers on the spike's arrival curve; returns after the last one started.
+    async fn arrive(&mut self, n: usize, seed: u64, wave: Option<Arc<WavePhase>>) -> Result<()> {
+        let mut arrivals = Schedule::new(now(), self.spike.arrival.offsets(n, seed));
+        while let Some(at) = arrivals.poll_timeout() {
+            tokio::time::sleep_until(at.into()).await;
+            while arrivals.poll_due(now()).is_some() {
+                let name = format!("viewer {}", self.leaves.len());
+                let mut setup = self.media.setup(self.spike, name, self.histograms)?;
+                setup.wave = wave.clone();
+                let (tx, rx) = watch::channel(false);
+                self.leaves.push(tx);
+                lock(&self.live.counts).viewers_started += 1;
+                self.viewers.spawn(watch_one(
+                    setup,
+                    rx,
+                    Arc::clone(self.live),
+                    Arc::clone(self.histograms),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One viewer from start to leave, accounted in `live`.

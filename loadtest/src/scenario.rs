@@ -66,6 +66,28 @@ pub struct Spike {
     /// Pass one RTP packet in this many to the WebRTC stack (1 = a full-cost viewer).
     pub sample_every: u32,
     pub join_timeout_s: f64,
+    /// More viewers arriving (on the same curve) while the first ones watch: the join spike
+    /// an audience already watching must not feel.
+    pub second_wave: Option<SecondWave>,
+}
+
+/// A second wave of a spike's viewers. The first wave's end-to-end latency is recorded
+/// apart in the steady seconds before it (`e2e_steady`) and while it joins
+/// (`e2e_second_wave`), so a report shows what the newcomers cost the audience.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecondWave {
+    pub viewers: u64,
+    /// Seconds from the first wave's last arrival to the second wave's first. The first
+    /// [`SecondWave::SETTLE_S`] of them let the first wave's joins finish; the rest is the
+    /// steady baseline.
+    pub after_s: f64,
+}
+
+impl SecondWave {
+    /// Seconds after an arrival phase before latency counts as steady (joins finish well
+    /// within a second; keyframes come every 2 s).
+    pub const SETTLE_S: f64 = 3.0;
 }
 
 impl Default for Spike {
@@ -79,6 +101,7 @@ impl Default for Spike {
             bitrate_kbps: 1500.0,
             sample_every: 32,
             join_timeout_s: 10.0,
+            second_wave: None,
         }
     }
 }
@@ -196,6 +219,20 @@ impl Scenario {
             positive(&mut problems, "spike.bitrate_kbps", s.bitrate_kbps);
             non_negative(&mut problems, "spike.hold_s", s.hold_s);
             positive(&mut problems, "spike.join_timeout_s", s.join_timeout_s);
+            if let Some(w) = &s.second_wave {
+                if w.viewers == 0 {
+                    problems.push("spike.second_wave.viewers must be at least 1, got 0".to_owned());
+                }
+                if !(w.after_s.is_finite() && w.after_s >= SecondWave::SETTLE_S + 2.0) {
+                    problems.push(format!(
+                        "spike.second_wave.after_s must be at least {} s (joins settle for {} s, \
+                         then at least 2 s of steady baseline), got {}",
+                        SecondWave::SETTLE_S + 2.0,
+                        SecondWave::SETTLE_S,
+                        w.after_s
+                    ));
+                }
+            }
             if s.sample_every == 0 {
                 problems.push("spike.sample_every must be at least 1, got 0".to_owned());
             }
@@ -271,8 +308,12 @@ impl Scenario {
         let mut parts = Vec::new();
         if let Some(s) = &self.spike {
             parts.push(format!(
-                "spike: {} viewers, {}, hold {} s, leave {}, {} kbit/s{}",
+                "spike: {} viewers{}, {}, hold {} s, leave {}, {} kbit/s{}",
                 s.viewers,
+                s.second_wave
+                    .as_ref()
+                    .map(|w| format!(" + {} more {} s later", w.viewers, w.after_s))
+                    .unwrap_or_default(),
                 s.arrival.describe(),
                 s.hold_s,
                 s.departure.describe(),
@@ -380,11 +421,19 @@ mod tests {
                     rate_per_s: -2.0,
                     burst: 1,
                 },
+                second_wave: Some(SecondWave {
+                    viewers: 10,
+                    after_s: 1.0,
+                }),
                 ..Spike::default()
             }),
             ..Scenario::default()
         };
         let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("spike.second_wave.after_s must be at least 5 s"),
+            "{err}"
+        );
         assert!(
             err.contains("spike.viewers must be at least 1, got 0"),
             "{err}"

@@ -4,6 +4,7 @@
 //! The viewer joins, waits for its first keyframe, then watches until told to leave, sending
 //! NACKs for the gaps its tap sees. Join stages are measured from the moment it started.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,37 @@ pub struct ViewerSetup {
     pub histograms: SharedHistograms,
     /// Shared viewer sockets (`None`: a socket of its own per viewer).
     pub network: Option<Arc<TapNetwork>>,
+    /// For a first-wave viewer of a spike with a second wave: the run's phase, to record
+    /// its latency samples apart by phase as well.
+    pub wave: Option<Arc<WavePhase>>,
+}
+
+/// Where a spike with a second wave stands, set by the runner and read per sampled packet.
+#[derive(Debug, Default)]
+pub struct WavePhase(AtomicU8);
+
+impl WavePhase {
+    /// The first wave arrives and settles: nothing recorded apart.
+    pub const ARRIVING: u8 = 0;
+    /// The first wave watches, before the second: the baseline ([`Metric::E2eSteady`]).
+    pub const STEADY: u8 = 1;
+    /// The second wave arrives and settles ([`Metric::E2eSecondWave`]).
+    pub const SECOND_WAVE: u8 = 2;
+    /// Everyone watches: nothing recorded apart.
+    pub const AFTER: u8 = 3;
+
+    pub fn set(&self, phase: u8) {
+        self.0.store(phase, Ordering::Relaxed);
+    }
+
+    /// The metric a first-wave latency sample also goes to now, if any.
+    fn metric(&self) -> Option<Metric> {
+        match self.0.load(Ordering::Relaxed) {
+            Self::STEADY => Some(Metric::E2eSteady),
+            Self::SECOND_WAVE => Some(Metric::E2eSecondWave),
+            _ => None,
+        }
+    }
 }
 
 /// The join stages, each measured from the viewer's start.
@@ -132,15 +164,18 @@ pub async fn run(
     let on_track: TrackHandler = {
         let (tap, tracks, keyframe) =
             (Arc::clone(&tap), Arc::clone(&tracks), Arc::clone(&keyframe));
-        let (host, histograms) = (setup.host.clone(), Arc::clone(&setup.histograms));
+        let latency = Latency {
+            host: setup.host.clone(),
+            histograms: Arc::clone(&setup.histograms),
+            wave: setup.wave.clone(),
+        };
         Arc::new(move |track| {
             tokio::spawn(read_track(
                 track,
                 Arc::clone(&tap),
                 Arc::clone(&tracks),
                 Arc::clone(&keyframe),
-                host.clone(),
-                Arc::clone(&histograms),
+                latency.clone(),
             ));
         })
     };
@@ -288,14 +323,22 @@ async fn send_nacks(tap: &Tap, tracks: &Mutex<Tracks>, outcome: &mut ViewerOutco
         .context("sending NACK")
 }
 
+/// Where a viewer's end-to-end latency samples go.
+#[derive(Clone)]
+struct Latency {
+    /// The synthetic host, which knows when each tagged packet was sent.
+    host: Option<Arc<Host>>,
+    histograms: SharedHistograms,
+    wave: Option<Arc<WavePhase>>,
+}
+
 /// Reads what the stack delivers of one track: the sampled, authenticated packets.
 async fn read_track(
     track: Arc<dyn TrackRemote>,
     tap: Arc<Tap>,
     tracks: Arc<Mutex<Tracks>>,
     keyframe: Arc<tokio::sync::Notify>,
-    host: Option<Arc<Host>>,
-    histograms: SharedHistograms,
+    latency: Latency,
 ) {
     let kind = match track.kind().await {
         RtpCodecKind::Video => MediaKind::Video,
@@ -329,11 +372,15 @@ async fn read_track(
                 keyframe.notify_waiters();
             }
         }
-        if let (Some(host), Some(tag)) = (&host, PayloadTag::parse(&packet.payload))
+        if let (Some(host), Some(tag)) = (&latency.host, PayloadTag::parse(&packet.payload))
             && let Some(sent) = host.sent_at(tag.kind, tag.frame, tag.index)
         {
-            lock(&histograms)
-                .record_duration(Metric::E2eLatency, at.saturating_duration_since(sent));
+            let e2e = at.saturating_duration_since(sent);
+            let mut histograms = lock(&latency.histograms);
+            histograms.record_duration(Metric::E2eLatency, e2e);
+            if let Some(metric) = latency.wave.as_ref().and_then(|w| w.metric()) {
+                histograms.record_duration(metric, e2e);
+            }
         }
     }
 }

@@ -155,3 +155,56 @@ async fn a_met_slo_passes_with_exit_code_0() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("PASS"), "{stdout}");
 }
+
+/// A second wave joins an audience that watches: everyone is counted, and the first wave's
+/// latency is reported apart before and during the second wave's arrival.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_wave_is_measured_against_the_audience_it_joins() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let addr = server.http.to_string();
+    loadtest(&[
+        "--server",
+        &addr,
+        "--viewers",
+        "15",
+        "--second-wave",
+        "15@6",
+        "--arrival",
+        "ramp:2",
+        "--hold",
+        "1",
+        "--bitrate-kbps",
+        "400",
+        "--sample-every",
+        "4",
+        "--join-timeout",
+        "20",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .await;
+    let r = read_json(&json);
+    let c = &r["counts"];
+    assert_eq!(c["viewers_planned"], 30, "{c}");
+    assert_eq!(c["viewers_with_media"], 30, "{:?}", r["errors"]);
+    let count = |name: &str| {
+        r["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("metric {name} in report"))["summary"]["count"]
+            .as_u64()
+            .unwrap()
+    };
+    let (steady, during, all) = (
+        count("e2e_steady"),
+        count("e2e_second_wave"),
+        count("e2e_latency"),
+    );
+    assert!(steady > 0 && during > 0, "steady {steady}, during {during}");
+    // Both are first-wave samples of the e2e series, in two disjoint windows.
+    assert!(steady + during < all, "{steady} + {during} of {all}");
+}
