@@ -44,7 +44,7 @@ impl HttpReply {
 }
 
 /// A minimal HTTP client for WHIP/WHEP endpoints of one server.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct WhipHttp {
     client: reqwest::Client,
     base: String,
@@ -68,7 +68,31 @@ impl WhipHttp {
         }
     }
 
-    /// Sends any request: `path` is absolute (`/whip/ROOM`, or a `Location`).
+    /// A client for the server of an `http://host:port/path` URL (any WHEP server's
+    /// endpoint), and the URL's path.
+    pub fn from_url(url: &str) -> Result<(Self, String)> {
+        let rest = url
+            .strip_prefix("http://")
+            .with_context(|| format!("{url}: only http:// endpoints are supported"))?;
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        if authority.is_empty() {
+            bail!("{url}: no host");
+        }
+        let client = reqwest::Client::builder()
+            .build()
+            .expect("a plain HTTP client builds");
+        let path = if path.is_empty() { "/" } else { path };
+        Ok((
+            Self {
+                client,
+                base: format!("http://{authority}"),
+            },
+            path.to_owned(),
+        ))
+    }
+
+    /// Sends any request: `path` is absolute (`/whip/ROOM`, or a `Location`), or a whole
+    /// `http://` URL (a `Location` on another host).
     pub async fn request(
         &self,
         method: reqwest::Method,
@@ -76,10 +100,12 @@ impl WhipHttp {
         headers: &[(&str, &str)],
         body: impl Into<reqwest::Body>,
     ) -> Result<HttpReply> {
-        let mut request = self
-            .client
-            .request(method.clone(), format!("{}{path}", self.base))
-            .body(body);
+        let url = if path.starts_with("http://") || path.starts_with("https://") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut request = self.client.request(method.clone(), url).body(body);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -228,10 +254,19 @@ impl Subscriber {
         room: &str,
         token: Option<&str>,
     ) -> Result<WhipSession> {
+        self.watch_whep_at(http, &format!("/whep/{room}"), token)
+            .await
+    }
+
+    /// Watches the WHEP endpoint at `path` of `http`'s server (any WHEP server).
+    pub async fn watch_whep_at(
+        &self,
+        http: &WhipHttp,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<WhipSession> {
         let offer = self.offer_recvonly().await?;
-        let reply = http
-            .post_offer(&format!("/whep/{room}"), &offer, token)
-            .await?;
+        let reply = http.post_offer(path, &offer, token).await?;
         let session = WhipSession::from_created(reply, token)?;
         self.peer()
             .pc()
@@ -239,5 +274,26 @@ impl Subscriber {
             .await
             .context("applying the WHEP answer")?;
         Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_url_splits_into_server_and_path() {
+        let (http, path) = WhipHttp::from_url("http://127.0.0.1:8889/live/cam/whep").unwrap();
+        assert_eq!(
+            (http.base.as_str(), path.as_str()),
+            ("http://127.0.0.1:8889", "/live/cam/whep")
+        );
+        let (http, path) = WhipHttp::from_url("http://media.example:80").unwrap();
+        assert_eq!(
+            (http.base.as_str(), path.as_str()),
+            ("http://media.example:80", "/")
+        );
+        assert!(WhipHttp::from_url("https://tls.example/whep").is_err());
+        assert!(WhipHttp::from_url("http:///whep").is_err());
     }
 }

@@ -59,6 +59,10 @@ pub struct Args {
     /// the first wave, while it watches: `500@20`.
     #[arg(long, allow_hyphen_values = true)]
     pub second_wave: Option<String>,
+    /// Spike: viewers join over WHEP at this http:// endpoint (`{room}` is replaced by the
+    /// room's code), against Marquee or any WHEP server (with --room: no synthetic host).
+    #[arg(long)]
+    pub whep: Option<String>,
     /// Departure: all | gradual:SECONDS.
     #[arg(long, allow_hyphen_values = true)]
     pub depart: Option<String>,
@@ -222,6 +226,7 @@ impl Args {
             || self.sample_every.is_some()
             || self.depart.is_some()
             || self.second_wave.is_some()
+            || self.whep.is_some()
             || self.join_timeout.is_some();
         if spike_flags || (s.spike.is_some() && (arrival.is_some() || self.hold.is_some())) {
             let spike = s.spike.get_or_insert_with(Spike::default);
@@ -234,6 +239,9 @@ impl Args {
             );
             if self.room.is_some() {
                 spike.room = self.room.clone();
+            }
+            if self.whep.is_some() {
+                spike.whep = self.whep.clone();
             }
             if let Some(spec) = &self.second_wave {
                 spike.second_wave = Some(parse_second_wave(spec)?);

@@ -278,12 +278,14 @@ impl Media {
         name: String,
         histograms: &SharedHistograms,
     ) -> Result<ViewerSetup> {
+        let room = self
+            .room
+            .clone()
+            .ok_or_else(|| anyhow!("no room to join"))?;
         Ok(ViewerSetup {
             server: self.target.server,
-            room: self
-                .room
-                .clone()
-                .ok_or_else(|| anyhow!("no room to join"))?,
+            whep: spike.whep.as_ref().map(|url| url.replace("{room}", &room)),
+            room,
             token: self.target.tokens.mint(ClientRole::Viewer, &name),
             name,
             sample_every: spike.sample_every,

@@ -69,6 +69,11 @@ pub struct Spike {
     /// More viewers arriving (on the same curve) while the first ones watch: the join spike
     /// an audience already watching must not feel.
     pub second_wave: Option<SecondWave>,
+    /// Viewers join over WHEP at this `http://` endpoint instead of Marquee's WebSocket
+    /// protocol; `{room}` is replaced by the room's code (`http://host:8080/whep/{room}`).
+    /// Any WHEP server works: with `room` set, no synthetic host is started and the stream is
+    /// whatever that server plays.
+    pub whep: Option<String>,
 }
 
 /// A second wave of a spike's viewers. The first wave's end-to-end latency is recorded
@@ -102,6 +107,7 @@ impl Default for Spike {
             sample_every: 32,
             join_timeout_s: 10.0,
             second_wave: None,
+            whep: None,
         }
     }
 }
@@ -219,6 +225,20 @@ impl Scenario {
             positive(&mut problems, "spike.bitrate_kbps", s.bitrate_kbps);
             non_negative(&mut problems, "spike.hold_s", s.hold_s);
             positive(&mut problems, "spike.join_timeout_s", s.join_timeout_s);
+            if let Some(url) = &s.whep
+                && !url.starts_with("http://")
+            {
+                problems.push(format!(
+                    "spike.whep must be an http:// endpoint URL, got {url:?}"
+                ));
+            }
+            if s.whep.is_some() && self.impairment.as_ref().is_some_and(|i| !i.is_noop()) {
+                problems.push(
+                    "spike.whep cannot be combined with an impairment (the relay rewrites \
+                     candidates in Marquee's offers, which WHEP viewers do not get)"
+                        .to_owned(),
+                );
+            }
             if let Some(w) = &s.second_wave {
                 if w.viewers == 0 {
                     problems.push("spike.second_wave.viewers must be at least 1, got 0".to_owned());
@@ -313,7 +333,11 @@ impl Scenario {
                 s.second_wave
                     .as_ref()
                     .map(|w| format!(" + {} more {} s later", w.viewers, w.after_s))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    + &s.whep
+                        .as_ref()
+                        .map(|url| format!(" over WHEP ({url})"))
+                        .unwrap_or_default(),
                 s.arrival.describe(),
                 s.hold_s,
                 s.departure.describe(),

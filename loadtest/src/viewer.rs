@@ -1,5 +1,6 @@
 //! One load-test viewer: a real WebRTC peer (ICE, DTLS, SRTP by the `webrtc` crate) joining a
-//! live event through Marquee's protocol, made cheap by the [`tap`](crate::tap).
+//! live event through Marquee's protocol, or through WHEP on any server, made cheap by the
+//! [`tap`](crate::tap).
 //!
 //! The viewer joins, waits for its first keyframe, then watches until told to leave, sending
 //! NACKs for the gaps its tap sees. Join stages are measured from the moment it started.
@@ -10,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use marquee_client::{
-    Host, PayloadTag, SubscriberOptions, TrackHandler, Viewer, ViewerOptions, is_vp8_keyframe_start,
+    Host, PayloadTag, Subscriber, SubscriberOptions, TrackHandler, Viewer, ViewerOptions, WhipHttp,
+    WhipSession, is_vp8_keyframe_start,
 };
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
@@ -52,6 +54,81 @@ pub struct ViewerSetup {
     /// For a first-wave viewer of a spike with a second wave: the run's phase, to record
     /// its latency samples apart by phase as well.
     pub wave: Option<Arc<WavePhase>>,
+    /// Join over WHEP at this `http://` endpoint instead of Marquee's WebSocket protocol.
+    pub whep: Option<String>,
+}
+
+/// A joined viewer: over Marquee's WebSocket protocol, or a WHEP session (any server).
+enum Session {
+    Ws(Viewer),
+    Whep {
+        subscriber: Subscriber,
+        http: WhipHttp,
+        session: WhipSession,
+    },
+}
+
+/// When a join's signaling milestones happened: the WebSocket opened (none for WHEP), and
+/// `joined` (or the WHEP answer) arrived.
+struct Signaled {
+    ws_open: Option<Instant>,
+    joined: Instant,
+}
+
+impl Session {
+    /// Joins as `setup` says; the peer connects in the background.
+    async fn join(setup: &ViewerSetup, options: ViewerOptions) -> Result<(Self, Signaled)> {
+        let Some(url) = &setup.whep else {
+            let viewer = Viewer::join_with(setup.server, &setup.room, options).await?;
+            let times = viewer.join_times();
+            let signaled = Signaled {
+                ws_open: Some(times.ws_open),
+                joined: times.joined,
+            };
+            return Ok((Self::Ws(viewer), signaled));
+        };
+        let subscriber = Subscriber::with_options(options.subscriber).await?;
+        let (http, path) = WhipHttp::from_url(url)?;
+        let session = subscriber
+            .watch_whep_at(&http, &path, setup.token.as_deref())
+            .await
+            .with_context(|| format!("WHEP {url}"))?;
+        let signaled = Signaled {
+            ws_open: None,
+            joined: now(),
+        };
+        let session = Self::Whep {
+            subscriber,
+            http,
+            session,
+        };
+        Ok((session, signaled))
+    }
+
+    fn subscriber(&self) -> &Subscriber {
+        match self {
+            Self::Ws(viewer) => viewer,
+            Self::Whep { subscriber, .. } => subscriber,
+        }
+    }
+
+    /// Leaves as a client of the protocol does: closes the WebSocket, or `DELETE`s the WHEP
+    /// session; then closes the peer connection.
+    async fn close(self) {
+        match self {
+            Self::Ws(viewer) => {
+                let _ = viewer.close().await;
+            }
+            Self::Whep {
+                subscriber,
+                http,
+                session,
+            } => {
+                let _ = session.delete(&http).await;
+                let _ = subscriber.close().await;
+            }
+        }
+    }
 }
 
 /// Where a spike with a second wave stands, set by the runner and read per sampled packet.
@@ -192,25 +269,23 @@ pub async fn run(
     };
     let mut outcome = ViewerOutcome::default();
     let since = |at: Instant| at.saturating_duration_since(started);
-    let joined = tokio::time::timeout(
-        setup.join_timeout,
-        Viewer::join_with(setup.server, &setup.room, options),
-    )
-    .await;
-    let viewer = match joined {
-        Ok(Ok(viewer)) => viewer,
+    let joined = tokio::time::timeout(setup.join_timeout, Session::join(&setup, options)).await;
+    let (viewer, signaled) = match joined {
+        Ok(Ok(joined)) => joined,
         Ok(Err(err)) => {
             outcome.failure = Some(format!("join: {err:#}"));
             return outcome;
         }
         Err(_) => {
-            outcome.failure = Some(format!("join: no `joined` within {:?}", setup.join_timeout));
+            outcome.failure = Some(format!(
+                "join: no `joined` (or WHEP answer) within {:?}",
+                setup.join_timeout
+            ));
             return outcome;
         }
     };
-    let times = viewer.join_times();
-    outcome.stages.ws_open = Some(since(times.ws_open));
-    outcome.stages.joined = Some(since(times.joined));
+    outcome.stages.ws_open = signaled.ws_open.map(since);
+    outcome.stages.joined = Some(since(signaled.joined));
 
     // Media: wait for the first keyframe, bounded by what is left of the join timeout.
     let deadline = started + setup.join_timeout;
@@ -219,13 +294,14 @@ pub async fn run(
         _ = tokio::time::sleep_until(deadline.into()) => false,
         _ = leave.wait_for(|l| *l) => false,
     };
-    outcome.stages.ice = viewer.peer().ice_connected_at().map(since);
-    outcome.stages.dtls = viewer.peer().connected_at().map(since);
+    let subscriber = viewer.subscriber();
+    outcome.stages.ice = subscriber.peer().ice_connected_at().map(since);
+    outcome.stages.dtls = subscriber.peer().connected_at().map(since);
     outcome.stages.first_rtp = tap.state().first_rtp.map(since);
     if got_keyframe {
         watching();
         outcome.stages.first_keyframe = lock(&tracks).first_keyframe.map(since);
-        watch_until_leave(&viewer, &tap, &tracks, &mut leave, &mut outcome).await;
+        watch_until_leave(subscriber, &tap, &tracks, &mut leave, &mut outcome).await;
     } else if *leave.borrow() {
         outcome.failure = Some(format!(
             "told to leave {:?} after starting, before its first keyframe",
@@ -245,7 +321,7 @@ pub async fn run(
         outcome.failure = Some(format!(
             "no {reached} within {:?} (connection {})",
             setup.join_timeout,
-            viewer.connection_state()
+            subscriber.connection_state()
         ));
     }
     collect(&tap, &tracks, &mut outcome);
@@ -265,7 +341,7 @@ async fn wait_keyframe(tracks: &Mutex<Tracks>, keyframe: &tokio::sync::Notify) {
 
 /// The watching phase: NACK what is missing until told to leave or the connection ends.
 async fn watch_until_leave(
-    viewer: &Viewer,
+    viewer: &Subscriber,
     tap: &Tap,
     tracks: &Mutex<Tracks>,
     leave: &mut watch::Receiver<bool>,

@@ -208,3 +208,50 @@ async fn a_second_wave_is_measured_against_the_audience_it_joins() {
     // Both are first-wave samples of the e2e series, in two disjoint windows.
     assert!(steady + during < all, "{steady} + {during} of {all}");
 }
+
+/// Viewers that join over WHEP (as they would on any WHEP server) get media and are
+/// measured like WebSocket viewers, without the WebSocket stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_viewers_join_and_are_measured() {
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let addr = server.http.to_string();
+    let whep = format!("http://{addr}/whep/{{room}}");
+    loadtest(&[
+        "--server",
+        &addr,
+        "--whep",
+        &whep,
+        "--viewers",
+        "12",
+        "--arrival",
+        "ramp:2",
+        "--hold",
+        "2",
+        "--bitrate-kbps",
+        "400",
+        "--join-timeout",
+        "20",
+        "--json",
+        json.to_str().unwrap(),
+    ])
+    .await;
+    let r = read_json(&json);
+    let c = &r["counts"];
+    assert_eq!(c["viewers_with_media"], 12, "{c} {:?}", r["errors"]);
+    assert_eq!(c["joins_failed"], 0, "{c}");
+    assert_eq!(c["packets_authenticated"], c["packets_sampled"], "{c}");
+    let metric = |name: &str| {
+        r["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["summary"]["count"].as_u64().unwrap())
+    };
+    assert_eq!(metric("join_joined"), Some(12), "the WHEP answer is the joined stage");
+    assert_eq!(metric("join"), Some(12));
+    assert!(metric("e2e_latency").unwrap_or(0) > 0);
+    assert_eq!(metric("join_ws_open").unwrap_or(0), 0, "no WebSocket");
+}
