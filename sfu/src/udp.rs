@@ -103,13 +103,19 @@ pub const SEND_BATCH: usize = 32;
 pub const MAX_DATAGRAM: usize = 1500;
 
 /// Batches queued per send thread. 64 × 32 datagrams is about 10 ms of a 200,000 packets/s
-/// fan-out: when every thread's queue is full the node cannot keep up, and the batch is
-/// dropped (counted) instead of queued for longer.
+/// fan-out; a fuller queue makes the driver wait (see [`EgressPool::submit`]).
 pub const EGRESS_QUEUE: usize = 64;
 
 /// How long a send thread waits for a full socket buffer to drain before it drops the rest
 /// of a batch: longer would only deliver stale media.
 const SEND_WAIT: Duration = Duration::from_millis(20);
+
+/// How long the driver waits for room in a send thread's queue before it drops a batch
+/// (see [`EgressPool::submit`]); the same bound as a full socket buffer's.
+const SUBMIT_WAIT: Duration = SEND_WAIT;
+
+/// How often a waiting driver retries a full send queue.
+const SUBMIT_POLL: Duration = Duration::from_micros(50);
 
 /// One batch of outgoing datagrams: reused buffers and where each goes.
 pub struct Batch {
@@ -349,8 +355,10 @@ fn call_end(batch: &Batch, msgs: &[Range<usize>], start: usize) -> (usize, Optio
 pub struct EgressCounters {
     pub syscalls: AtomicU64,
     pub datagrams: AtomicU64,
-    /// Datagrams lost in sending, or in batches dropped because every queue was full.
+    /// Datagrams lost in sending, or in batches dropped because a queue stayed full.
     pub dropped: AtomicU64,
+    /// Times the driver waited for room in a send thread's queue.
+    pub waits: AtomicU64,
 }
 
 /// The send threads: the kernel's per-datagram send path is most of an SFU's CPU (measured
@@ -436,18 +444,40 @@ impl EgressPool {
         (mixed >> 32) as usize % self.queues.len()
     }
 
-    /// Hands a batch to send thread `thread`; if its queue is full, drops it (counted):
-    /// the node is not keeping up, and queueing longer would only deliver stale media.
+    /// Hands a batch to send thread `thread`. If its queue is full, the driver waits for room
+    /// (at most [`SUBMIT_WAIT`]): a keyframe fanned out to a thousand viewers is hundreds of
+    /// batches made faster than the kernel sends them, and dropping them would turn every
+    /// keyframe into a NACK storm (and lose DTLS flights, costing joins a 1 s retransmit).
+    /// While the driver waits it reads nothing, so received datagrams age and the overload
+    /// rules apply (late ones dropped, new peers refused). Past the wait the batch is dropped
+    /// (counted): the node is not keeping up, and queueing longer would only deliver stale
+    /// media.
     pub fn submit(&mut self, thread: usize, batch: Batch) {
-        match self.queues[thread].try_send(batch) {
-            Ok(()) => {}
-            Err(TrySendError::Full(batch) | TrySendError::Disconnected(batch)) => {
-                self.counters
-                    .dropped
-                    .fetch_add(batch.dests.len() as u64, Ordering::Relaxed);
-                self.recycle(batch);
-            }
+        let mut batch = match self.queues[thread].try_send(batch) {
+            Ok(()) => return,
+            Err(TrySendError::Full(batch)) => batch,
+            Err(TrySendError::Disconnected(batch)) => return self.drop_batch(batch),
+        };
+        self.counters.waits.fetch_add(1, Ordering::Relaxed);
+        // A send thread drains a batch in tens of microseconds; short sleeps, not a spin,
+        // leave the core to it on a machine with few cores. Counted, not timed: the driver
+        // reads the clock at one place.
+        for _ in 0..SUBMIT_WAIT.as_micros() / SUBMIT_POLL.as_micros() {
+            std::thread::sleep(SUBMIT_POLL);
+            batch = match self.queues[thread].try_send(batch) {
+                Ok(()) => return,
+                Err(TrySendError::Full(batch)) => batch,
+                Err(TrySendError::Disconnected(batch)) => return self.drop_batch(batch),
+            };
         }
+        self.drop_batch(batch);
+    }
+
+    fn drop_batch(&mut self, batch: Batch) {
+        self.counters
+            .dropped
+            .fetch_add(batch.dests.len() as u64, Ordering::Relaxed);
+        self.recycle(batch);
     }
 
     pub fn counters(&self) -> &EgressCounters {
@@ -620,6 +650,51 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A burst faster than the kernel sends (a keyframe to many viewers) makes the driver
+    /// wait for room in the send queue instead of dropping batches.
+    #[test]
+    fn a_burst_beyond_the_send_queue_waits_instead_of_dropping() {
+        let server = Arc::new(StdUdpSocket::bind("127.0.0.1:0").unwrap());
+        let local = server.local_addr().unwrap();
+        let sink = StdUdpSocket::bind("127.0.0.1:0").unwrap();
+        let remote = sink.local_addr().unwrap();
+        let mut pool = EgressPool::start(Sockets::without_gso(HashMap::from([(local, server)])), 1);
+        let batches = EGRESS_QUEUE * 4;
+        // Made first, then handed over as fast as a fan-out makes them.
+        let made: Vec<Batch> = (0..batches)
+            .map(|_| {
+                let mut batch = Batch::default();
+                for slot in 0..SEND_BATCH {
+                    batch.bufs[slot].resize(1000, 7);
+                    batch.dests.push(Transmit { local, remote });
+                }
+                batch
+            })
+            .collect();
+        for batch in made {
+            pool.submit(0, batch);
+        }
+        drop(pool.queues.drain(..)); // the thread ends once its queue is drained
+        let counters = Arc::clone(&pool.counters);
+        for _ in 0..10_000 {
+            let sent = counters.datagrams.load(Ordering::Relaxed)
+                + counters.dropped.load(Ordering::Relaxed);
+            if sent == (batches * SEND_BATCH) as u64 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            counters.datagrams.load(Ordering::Relaxed),
+            (batches * SEND_BATCH) as u64
+        );
+        assert!(
+            counters.waits.load(Ordering::Relaxed) > 0,
+            "the queue filled up"
+        );
     }
 
     /// One destination always goes to one send thread (its datagrams keep their order), and
