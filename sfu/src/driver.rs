@@ -9,14 +9,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
-use crate::udp::{Batch, EgressPool, MAX_DATAGRAM, SEND_BATCH, Sockets, read_socket};
+use crate::udp::{Batch, EgressPool, HOLD_LIMIT, MAX_DATAGRAM, SEND_BATCH, Sockets, read_socket};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
@@ -220,6 +220,8 @@ pub fn run_driver(
     let egress = EgressPool::start(senders, threads);
     let driver = Driver {
         open: (0..egress.threads()).map(|_| None).collect(),
+        held: (0..egress.threads()).map(|_| None).collect(),
+        held_since: None,
         scratch: Vec::with_capacity(MAX_DATAGRAM),
         egress,
         ingress: Ingress::new(&config),
@@ -242,6 +244,12 @@ struct Driver {
     egress: EgressPool,
     /// The batch being filled for each send thread.
     open: Vec<Option<Batch>>,
+    /// A full batch each send thread had no room for, and since when the driver holds any.
+    /// While one is held, media waits in the core's per-viewer queues (bounded, and cheap:
+    /// descriptors, not sealed datagrams) and the driver keeps reading; past
+    /// [`HOLD_LIMIT`] the held batches are dropped.
+    held: Vec<Option<Batch>>,
+    held_since: Option<Instant>,
     /// Where the core writes the next datagram before it joins its batch.
     scratch: Vec<u8>,
     /// Received datagrams: handled now, deferred (handshakes) or dropped (stale).
@@ -269,6 +277,15 @@ impl Driver {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
+                }
+            };
+            // Held batches are offered again soon: a send thread drains its queue (64
+            // batches) in milliseconds, and 1 ms is the timer's resolution.
+            let holding = self.held_since.is_some();
+            let retry = async {
+                match holding {
+                    true => tokio::time::sleep(Duration::from_millis(1)).await,
+                    false => std::future::pending().await,
                 }
             };
             let handshakes_waiting = self.ingress.deferred() > 0;
@@ -311,6 +328,7 @@ impl Driver {
                     woke = Some(now);
                     self.handle_command(now, command);
                 }
+                _ = retry => woke = Some(now()),
                 // Not counted as busy: it only fills idle time.
                 _ = idle => self.handle_deferred(now()),
             }
@@ -420,29 +438,8 @@ impl Driver {
     /// Hands everything the core has to send to the send threads, in batches, and delivers
     /// its events.
     fn flush(&mut self) {
-        // One open batch per send thread; each datagram goes to its destination's thread
-        // (order per viewer kept). A full batch is handed over at once, the rest when the
-        // core has nothing more: never waiting to fill one, so a lone datagram leaves at once.
-        // The datagram is written into `scratch`, then swapped (not copied) into its batch.
-        while let Some(transmit) = self.sfu.poll_transmit(&mut self.scratch) {
-            let thread = self.egress.thread_for(transmit.remote);
-            let batch = match &mut self.open[thread] {
-                Some(batch) => batch,
-                empty => empty.insert(self.egress.batch()),
-            };
-            let slot = batch.dests.len();
-            std::mem::swap(&mut batch.bufs[slot], &mut self.scratch);
-            batch.dests.push(transmit);
-            if batch.dests.len() == SEND_BATCH
-                && let Some(full) = self.open[thread].take()
-            {
-                self.egress.submit(thread, full);
-            }
-        }
-        for thread in 0..self.open.len() {
-            if let Some(batch) = self.open[thread].take() {
-                self.egress.submit(thread, batch);
-            }
+        if self.hand_over_held() {
+            self.send_queued();
         }
         while let Some(event) = self.sfu.poll_event() {
             match &event {
@@ -456,6 +453,75 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// One open batch per send thread; each datagram goes to its destination's thread (order
+    /// per viewer kept). A full batch is handed over at once, the rest when the core has
+    /// nothing more: never waiting to fill one, so a lone datagram leaves at once. The
+    /// datagram is written into `scratch`, then swapped (not copied) into its batch. A batch
+    /// a full queue refuses is held, and the rest of the media stays in the core.
+    fn send_queued(&mut self) {
+        while let Some(transmit) = self.sfu.poll_transmit(&mut self.scratch) {
+            let thread = self.egress.thread_for(transmit.remote);
+            let batch = match &mut self.open[thread] {
+                Some(batch) => batch,
+                empty => empty.insert(self.egress.batch()),
+            };
+            let slot = batch.dests.len();
+            std::mem::swap(&mut batch.bufs[slot], &mut self.scratch);
+            batch.dests.push(transmit);
+            if batch.dests.len() == SEND_BATCH
+                && let Some(full) = self.open[thread].take()
+                && let Err(full) = self.egress.submit(thread, full)
+            {
+                self.hold(thread, full);
+                break;
+            }
+        }
+        for thread in 0..self.open.len() {
+            // A thread with a held batch keeps its open one: it goes after the held one.
+            if self.held[thread].is_some() {
+                continue;
+            }
+            if let Some(batch) = self.open[thread].take()
+                && let Err(batch) = self.egress.submit(thread, batch)
+            {
+                self.hold(thread, batch);
+            }
+        }
+    }
+
+    fn hold(&mut self, thread: usize, batch: Batch) {
+        self.held[thread] = Some(batch);
+        self.held_since.get_or_insert_with(now);
+    }
+
+    /// Hands held batches over; whether none is held any more (so more media may go). Held
+    /// longer than [`HOLD_LIMIT`], they are dropped (counted): the send threads are not
+    /// keeping up, and the media would only arrive stale.
+    fn hand_over_held(&mut self) -> bool {
+        let Some(since) = self.held_since else {
+            return true;
+        };
+        for thread in 0..self.held.len() {
+            if let Some(batch) = self.held[thread].take()
+                && let Err(batch) = self.egress.submit(thread, batch)
+            {
+                self.held[thread] = Some(batch);
+            }
+        }
+        if self.held.iter().any(Option::is_some) {
+            if now().saturating_duration_since(since) < HOLD_LIMIT {
+                return false;
+            }
+            for thread in 0..self.held.len() {
+                if let Some(batch) = self.held[thread].take() {
+                    self.egress.drop_batch(batch);
+                }
+            }
+        }
+        self.held_since = None;
+        true
     }
 }
 

@@ -103,19 +103,16 @@ pub const SEND_BATCH: usize = 32;
 pub const MAX_DATAGRAM: usize = 1500;
 
 /// Batches queued per send thread. 64 × 32 datagrams is about 10 ms of a 200,000 packets/s
-/// fan-out; a fuller queue makes the driver wait (see [`EgressPool::submit`]).
+/// fan-out; beyond it the driver holds batches back (see [`EgressPool::submit`]).
 pub const EGRESS_QUEUE: usize = 64;
 
 /// How long a send thread waits for a full socket buffer to drain before it drops the rest
 /// of a batch: longer would only deliver stale media.
 const SEND_WAIT: Duration = Duration::from_millis(20);
 
-/// How long the driver waits for room in a send thread's queue before it drops a batch
-/// (see [`EgressPool::submit`]); the same bound as a full socket buffer's.
-const SUBMIT_WAIT: Duration = SEND_WAIT;
-
-/// How often a waiting driver retries a full send queue.
-const SUBMIT_POLL: Duration = Duration::from_micros(50);
+/// How long the driver holds a batch a full send queue refused before it drops it (see
+/// [`EgressPool::submit`]); the same bound as a full socket buffer's.
+pub const HOLD_LIMIT: Duration = SEND_WAIT;
 
 /// One batch of outgoing datagrams: reused buffers and where each goes.
 pub struct Batch {
@@ -357,8 +354,6 @@ pub struct EgressCounters {
     pub datagrams: AtomicU64,
     /// Datagrams lost in sending, or in batches dropped because a queue stayed full.
     pub dropped: AtomicU64,
-    /// Times the driver waited for room in a send thread's queue.
-    pub waits: AtomicU64,
 }
 
 /// The send threads: the kernel's per-datagram send path is most of an SFU's CPU (measured
@@ -444,36 +439,24 @@ impl EgressPool {
         (mixed >> 32) as usize % self.queues.len()
     }
 
-    /// Hands a batch to send thread `thread`. If its queue is full, the driver waits for room
-    /// (at most [`SUBMIT_WAIT`]): a keyframe fanned out to a thousand viewers is hundreds of
-    /// batches made faster than the kernel sends them, and dropping them would turn every
-    /// keyframe into a NACK storm (and lose DTLS flights, costing joins a 1 s retransmit).
-    /// While the driver waits it reads nothing, so received datagrams age and the overload
-    /// rules apply (late ones dropped, new peers refused). Past the wait the batch is dropped
-    /// (counted): the node is not keeping up, and queueing longer would only deliver stale
-    /// media.
-    pub fn submit(&mut self, thread: usize, batch: Batch) {
-        let mut batch = match self.queues[thread].try_send(batch) {
-            Ok(()) => return,
-            Err(TrySendError::Full(batch)) => batch,
-            Err(TrySendError::Disconnected(batch)) => return self.drop_batch(batch),
-        };
-        self.counters.waits.fetch_add(1, Ordering::Relaxed);
-        // A send thread drains a batch in tens of microseconds; short sleeps, not a spin,
-        // leave the core to it on a machine with few cores. Counted, not timed: the driver
-        // reads the clock at one place.
-        for _ in 0..SUBMIT_WAIT.as_micros() / SUBMIT_POLL.as_micros() {
-            std::thread::sleep(SUBMIT_POLL);
-            batch = match self.queues[thread].try_send(batch) {
-                Ok(()) => return,
-                Err(TrySendError::Full(batch)) => batch,
-                Err(TrySendError::Disconnected(batch)) => return self.drop_batch(batch),
-            };
+    /// Hands a batch to send thread `thread`, or gives it back if the thread's queue is full:
+    /// a keyframe fanned out to a thousand viewers is hundreds of batches made faster than the
+    /// kernel sends them, and the driver holds such a batch (and leaves the rest of the media
+    /// in the core's per-viewer queues) until there is room, see [`crate::driver`].
+    pub fn submit(&mut self, thread: usize, batch: Batch) -> Result<(), Batch> {
+        match self.queues[thread].try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(batch)) => Err(batch),
+            Err(TrySendError::Disconnected(batch)) => {
+                self.drop_batch(batch);
+                Ok(())
+            }
         }
-        self.drop_batch(batch);
     }
 
-    fn drop_batch(&mut self, batch: Batch) {
+    /// Drops a batch the send threads could not take in time (counted): the node is not
+    /// keeping up, and holding it longer would only deliver stale media.
+    pub fn drop_batch(&mut self, batch: Batch) {
         self.counters
             .dropped
             .fetch_add(batch.dests.len() as u64, Ordering::Relaxed);
@@ -520,7 +503,7 @@ mod tests {
                 });
                 sent += 1;
             }
-            pool.submit(0, batch);
+            assert!(pool.submit(0, batch).is_ok());
         }
         for (i, v) in viewers.iter().enumerate() {
             v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -652,10 +635,10 @@ mod tests {
         }
     }
 
-    /// A burst faster than the kernel sends (a keyframe to many viewers) makes the driver
-    /// wait for room in the send queue instead of dropping batches.
+    /// A burst faster than the kernel sends (a keyframe to many viewers): a full queue gives
+    /// the batch back whole, to be handed over again; nothing is dropped or lost.
     #[test]
-    fn a_burst_beyond_the_send_queue_waits_instead_of_dropping() {
+    fn a_full_send_queue_gives_the_batch_back() {
         let server = Arc::new(StdUdpSocket::bind("127.0.0.1:0").unwrap());
         let local = server.local_addr().unwrap();
         let sink = StdUdpSocket::bind("127.0.0.1:0").unwrap();
@@ -673,15 +656,25 @@ mod tests {
                 batch
             })
             .collect();
-        for batch in made {
-            pool.submit(0, batch);
+        let mut given_back = 0;
+        for mut batch in made {
+            loop {
+                match pool.submit(0, batch) {
+                    Ok(()) => break,
+                    Err(back) => {
+                        assert_eq!(back.dests.len(), SEND_BATCH, "given back whole");
+                        given_back += 1;
+                        batch = back;
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                }
+            }
         }
+        assert!(given_back > 0, "the queue filled up");
         drop(pool.queues.drain(..)); // the thread ends once its queue is drained
         let counters = Arc::clone(&pool.counters);
         for _ in 0..10_000 {
-            let sent = counters.datagrams.load(Ordering::Relaxed)
-                + counters.dropped.load(Ordering::Relaxed);
-            if sent == (batches * SEND_BATCH) as u64 {
+            if counters.datagrams.load(Ordering::Relaxed) == (batches * SEND_BATCH) as u64 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -690,10 +683,6 @@ mod tests {
         assert_eq!(
             counters.datagrams.load(Ordering::Relaxed),
             (batches * SEND_BATCH) as u64
-        );
-        assert!(
-            counters.waits.load(Ordering::Relaxed) > 0,
-            "the queue filled up"
         );
     }
 
