@@ -3,7 +3,7 @@
 
 mod support;
 
-use support::{Server, loadtest, read_json};
+use support::{Server, loadtest, read_json, report_of, samples};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spike_and_parties_are_measured_and_an_impossible_slo_fails_the_run() {
@@ -161,44 +161,30 @@ async fn a_met_slo_passes_with_exit_code_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_wave_is_measured_against_the_audience_it_joins() {
     let server = Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let addr = server.http.to_string();
-    loadtest(&[
-        "--server",
-        &addr,
-        "--viewers",
-        "15",
-        "--second-wave",
-        "15@6",
-        "--arrival",
-        "ramp:2",
-        "--hold",
-        "1",
-        "--bitrate-kbps",
-        "400",
-        "--sample-every",
-        "4",
-        "--join-timeout",
-        "20",
-        "--json",
-        json.to_str().unwrap(),
-    ])
+    let r = report_of(
+        &server,
+        &[
+            "--viewers",
+            "15",
+            "--second-wave",
+            "15@6",
+            "--arrival",
+            "ramp:2",
+            "--hold",
+            "1",
+            "--bitrate-kbps",
+            "400",
+            "--sample-every",
+            "4",
+            "--join-timeout",
+            "20",
+        ],
+    )
     .await;
-    let r = read_json(&json);
     let c = &r["counts"];
     assert_eq!(c["viewers_planned"], 30, "{c}");
     assert_eq!(c["viewers_with_media"], 30, "{:?}", r["errors"]);
-    let count = |name: &str| {
-        r["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name)
-            .unwrap_or_else(|| panic!("metric {name} in report"))["summary"]["count"]
-            .as_u64()
-            .unwrap()
-    };
+    let count = |name| samples(&r, name).unwrap_or_else(|| panic!("metric {name} in report"));
     let (steady, during, all) = (
         count("e2e_steady"),
         count("e2e_second_wave"),
@@ -214,44 +200,35 @@ async fn a_second_wave_is_measured_against_the_audience_it_joins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whep_viewers_join_and_are_measured() {
     let server = Server::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("report.json");
-    let addr = server.http.to_string();
-    let whep = format!("http://{addr}/whep/{{room}}");
-    loadtest(&[
-        "--server",
-        &addr,
-        "--whep",
-        &whep,
-        "--viewers",
-        "12",
-        "--arrival",
-        "ramp:2",
-        "--hold",
-        "2",
-        "--bitrate-kbps",
-        "400",
-        "--join-timeout",
-        "20",
-        "--json",
-        json.to_str().unwrap(),
-    ])
+    let whep = format!("http://{}/whep/{{room}}", server.http);
+    let r = report_of(
+        &server,
+        &[
+            "--whep",
+            &whep,
+            "--viewers",
+            "12",
+            "--arrival",
+            "ramp:2",
+            "--hold",
+            "2",
+            "--bitrate-kbps",
+            "400",
+            "--join-timeout",
+            "20",
+        ],
+    )
     .await;
-    let r = read_json(&json);
     let c = &r["counts"];
     assert_eq!(c["viewers_with_media"], 12, "{c} {:?}", r["errors"]);
     assert_eq!(c["joins_failed"], 0, "{c}");
     assert_eq!(c["packets_authenticated"], c["packets_sampled"], "{c}");
-    let metric = |name: &str| {
-        r["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|m| m["name"] == name)
-            .map(|m| m["summary"]["count"].as_u64().unwrap())
-    };
-    assert_eq!(metric("join_joined"), Some(12), "the WHEP answer is the joined stage");
-    assert_eq!(metric("join"), Some(12));
-    assert!(metric("e2e_latency").unwrap_or(0) > 0);
-    assert_eq!(metric("join_ws_open").unwrap_or(0), 0, "no WebSocket");
+    assert_eq!(
+        samples(&r, "join_joined"),
+        Some(12),
+        "the WHEP answer is the joined stage"
+    );
+    assert_eq!(samples(&r, "join"), Some(12));
+    assert!(samples(&r, "e2e_latency").unwrap_or(0) > 0);
+    assert_eq!(samples(&r, "join_ws_open").unwrap_or(0), 0, "no WebSocket");
 }

@@ -91,6 +91,26 @@ pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&text).expect("report is JSON")
 }
 
+/// Runs `loadtest` against `server` with `args` and returns its JSON report.
+pub async fn report_of(server: &Server, args: &[&str]) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let addr = server.http.to_string();
+    let mut all = vec!["--server", &addr, "--json", json.to_str().unwrap()];
+    all.extend_from_slice(args);
+    loadtest(&all).await;
+    read_json(&json)
+}
+
+/// How many samples a report's metric has (`None`: the metric is absent).
+pub fn samples(report: &serde_json::Value, metric: &str) -> Option<u64> {
+    report["metrics"]
+        .as_array()?
+        .iter()
+        .find(|m| m["name"] == metric)?["summary"]["count"]
+        .as_u64()
+}
+
 fn loadtest_limits() -> signaling::config::LimitsConfig {
     use signaling::limits::Rate;
     let generous = Rate {
