@@ -148,8 +148,9 @@ media: {
 }
 nat: {
     # Loopback only: gather host candidates on lo (127.0.0.1) and nothing else (this needs the
-    # build's loopback patch); no STUN/TURN, so no srflx or relay candidates. Half trickle (Janus's default): the answer carries all of Janus's
-    # candidates, which is what a WHEP client without trickle needs.
+    # build's loopback patch); no STUN/TURN, so no srflx or relay candidates. Half trickle
+    # (Janus's default): the answer carries all of Janus's candidates, which is what a WHEP
+    # client without trickle needs.
     ice_enforce_list = "lo"
     nice_debug = false
     ignore_mdns = true                    # a load-test client never offers .local candidates
