@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::shard::Shard;
 use crate::srtp::SrtpProfile;
 
 /// Configuration of an [`crate::Sfu`].
@@ -64,6 +65,11 @@ pub struct SfuConfig {
     /// decrypted once whatever the audience, so every profile is offered: publishers such
     /// as FFmpeg's WHIP muxer only speak AES-CM-HMAC-SHA1-80.
     pub host_srtp_profiles: Vec<SrtpProfile>,
+    /// Forwarding shards the driver runs (see [`crate::shard`]): one per core by default, so
+    /// a node with many rooms uses every core. A room lives whole on one shard.
+    pub workers: usize,
+    /// The shard this core is (set by the driver for each of its cores).
+    pub shard: Shard,
 }
 
 impl Default for SfuConfig {
@@ -82,6 +88,8 @@ impl Default for SfuConfig {
             send_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             viewer_srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
             host_srtp_profiles: SrtpProfile::ALL.to_vec(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            shard: Shard::default(),
         }
     }
 }

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
+use crate::shard::{MAX_SHARDS, Shard};
 use crate::udp::{Batch, EgressPool, HOLD_LIMIT, MAX_DATAGRAM, SEND_BATCH, Sockets, read_socket};
 use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
@@ -34,10 +35,11 @@ pub struct MediaSocket {
     pub advertised: SocketAddr,
 }
 
-/// Handle to a running SFU driver. Cheap to clone.
+/// Handle to a running SFU: its shards' command queues. Cheap to clone. A command goes to the
+/// shard of its room (a new peer) or of its peer (an id names its shard).
 #[derive(Clone)]
 pub struct SfuHandle {
-    commands: mpsc::Sender<Command>,
+    shards: Arc<[mpsc::Sender<Command>]>,
 }
 
 enum Command {
@@ -93,7 +95,8 @@ impl SfuHandle {
         role: Role,
         events: mpsc::Sender<SfuEvent>,
     ) -> Result<PeerId, SfuError> {
-        self.call(|reply| Command::AddPeer {
+        let shard = Shard::of_room(&room, self.shards.len());
+        self.call(shard, |reply| Command::AddPeer {
             room,
             role,
             events,
@@ -111,7 +114,8 @@ impl SfuHandle {
         offer: String,
         events: mpsc::Sender<SfuEvent>,
     ) -> Result<(PeerId, String), SfuError> {
-        self.call(|reply| Command::AddPeerWithOffer {
+        let shard = Shard::of_room(&room, self.shards.len());
+        self.call(shard, |reply| Command::AddPeerWithOffer {
             room,
             role,
             offer,
@@ -128,7 +132,7 @@ impl SfuHandle {
         ufrag: String,
         pwd: String,
     ) -> Result<String, SfuError> {
-        self.call(|reply| Command::RestartIce {
+        self.call(self.shard_of(peer), |reply| Command::RestartIce {
             peer,
             ufrag,
             pwd,
@@ -138,13 +142,21 @@ impl SfuHandle {
     }
 
     pub async fn offer(&self, peer: PeerId, sdp: String) -> Result<String, SfuError> {
-        self.call(|reply| Command::Offer { peer, sdp, reply })
-            .await?
+        self.call(self.shard_of(peer), |reply| Command::Offer {
+            peer,
+            sdp,
+            reply,
+        })
+        .await?
     }
 
     pub async fn answer(&self, peer: PeerId, sdp: String) -> Result<(), SfuError> {
-        self.call(|reply| Command::Answer { peer, sdp, reply })
-            .await?
+        self.call(self.shard_of(peer), |reply| Command::Answer {
+            peer,
+            sdp,
+            reply,
+        })
+        .await?
     }
 
     pub async fn candidate(
@@ -152,7 +164,7 @@ impl SfuHandle {
         peer: PeerId,
         candidate: RTCIceCandidateInit,
     ) -> Result<(), SfuError> {
-        self.call(|reply| Command::Candidate {
+        self.call(self.shard_of(peer), |reply| Command::Candidate {
             peer,
             candidate,
             reply,
@@ -161,19 +173,37 @@ impl SfuHandle {
     }
 
     pub async fn remove_peer(&self, peer: PeerId) {
-        let _ = self.commands.send(Command::RemovePeer { peer }).await;
+        let _ = self.shards[self.shard_of(peer)]
+            .send(Command::RemovePeer { peer })
+            .await;
     }
 
+    /// Every shard's counters together (see [`SfuStats::merge`]).
     pub async fn stats(&self) -> Result<SfuStats, SfuError> {
-        self.call(|reply| Command::Stats { reply }).await
+        let mut total = self.call(0, |reply| Command::Stats { reply }).await?;
+        for shard in 1..self.shards.len() {
+            let stats = self.call(shard, |reply| Command::Stats { reply }).await?;
+            total.merge(&stats);
+        }
+        Ok(total)
+    }
+
+    /// The number of forwarding shards.
+    pub fn shards(&self) -> usize {
+        self.shards.len()
+    }
+
+    fn shard_of(&self, peer: PeerId) -> usize {
+        Shard::of_id(peer.0, self.shards.len())
     }
 
     async fn call<T>(
         &self,
+        shard: usize,
         make: impl FnOnce(oneshot::Sender<T>) -> Command,
     ) -> Result<T, SfuError> {
         let (tx, rx) = oneshot::channel();
-        self.commands
+        self.shards[shard]
             .send(make(tx))
             .await
             .map_err(|_| SfuError::Stopped)?;
@@ -181,8 +211,10 @@ impl SfuHandle {
     }
 }
 
-/// Starts the driver task on the current runtime. `config.candidates` is replaced by the
-/// sockets' advertised addresses. The task ends when `shutdown` completes.
+/// Starts the SFU on the current runtime: `config.workers` shards, each a core with a driver
+/// task of its own and its own send threads, behind one reader per socket that routes each
+/// datagram to its shard ([`crate::shard::Router`]). `config.candidates` is replaced by the
+/// sockets' advertised addresses. The tasks end when `shutdown` completes.
 pub fn run_driver(
     mut config: SfuConfig,
     sockets: Vec<MediaSocket>,
@@ -190,8 +222,17 @@ pub fn run_driver(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> SfuHandle {
     config.candidates = sockets.iter().map(|s| s.advertised).collect();
-    let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE);
-    let (datagrams_tx, datagrams_rx) = mpsc::channel(DATAGRAM_QUEUE);
+    let count = config.workers.clamp(1, MAX_SHARDS);
+    // One stop signal for every shard.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (commands, command_queues): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::channel(COMMAND_QUEUE)).unzip();
+    let (datagrams, datagram_queues): (Vec<_>, Vec<_>) =
+        (0..count).map(|_| mpsc::channel(DATAGRAM_QUEUE)).unzip();
     let mut senders = HashMap::new();
     for s in sockets {
         // The send threads use a blocking-API handle to the same socket (one port).
@@ -204,8 +245,7 @@ pub fn run_driver(
                 senders.insert(s.advertised, Arc::new(send));
                 match UdpSocket::from_std(receive) {
                     Ok(socket) => {
-                        let reader =
-                            read_socket(Arc::new(socket), s.advertised, datagrams_tx.clone());
+                        let reader = read_socket(Arc::new(socket), s.advertised, datagrams.clone());
                         tokio::spawn(reader);
                     }
                     Err(err) => tracing::error!(%err, "cannot read the media socket"),
@@ -214,25 +254,41 @@ pub fn run_driver(
             Err(err) => tracing::error!(%err, "cannot share the media socket"),
         }
     }
-    let threads = config.send_threads;
-    let senders = Sockets::new(senders);
-    tracing::info!(gso = senders.gso(), send_threads = threads, "media egress");
-    let egress = EgressPool::start(senders, threads);
-    let driver = Driver {
-        open: (0..egress.threads()).map(|_| None).collect(),
-        held: (0..egress.threads()).map(|_| None).collect(),
-        held_since: None,
-        scratch: Vec::with_capacity(MAX_DATAGRAM),
-        egress,
-        ingress: Ingress::new(&config),
-        load: LoadMeter::default(),
-        sfu: Sfu::new(config),
-        peer_events: HashMap::new(),
-        room_events,
-    };
-    tokio::spawn(driver.run(commands_rx, datagrams_rx, shutdown));
+    for (index, (commands, datagrams)) in
+        command_queues.into_iter().zip(datagram_queues).enumerate()
+    {
+        let config = SfuConfig {
+            shard: Shard { index, count },
+            ..config.clone()
+        };
+        let sockets = Sockets::new(senders.clone());
+        tracing::info!(
+            shard = index,
+            gso = sockets.gso(),
+            send_threads = config.send_threads,
+            "media shard"
+        );
+        let egress = EgressPool::start(sockets, config.send_threads);
+        let driver = Driver {
+            open: (0..egress.threads()).map(|_| None).collect(),
+            held: (0..egress.threads()).map(|_| None).collect(),
+            held_since: None,
+            scratch: Vec::with_capacity(MAX_DATAGRAM),
+            egress,
+            ingress: Ingress::new(&config),
+            load: LoadMeter::default(),
+            sfu: Sfu::new(config),
+            peer_events: HashMap::new(),
+            room_events: room_events.clone(),
+        };
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        };
+        tokio::spawn(driver.run(commands, datagrams, stopped));
+    }
     SfuHandle {
-        commands: commands_tx,
+        shards: commands.into(),
     }
 }
 

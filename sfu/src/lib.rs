@@ -26,6 +26,7 @@ pub mod load;
 pub mod rewrite;
 pub mod ring;
 mod sfu;
+pub mod shard;
 pub mod srtp;
 pub mod udp;
 
@@ -107,6 +108,54 @@ pub struct SfuStats {
     pub busy_pct: u64,
     /// Gauge: DTLS handshake records waiting for an idle moment. Filled by the driver.
     pub handshakes_waiting: u64,
+}
+
+impl SfuStats {
+    /// Adds another shard's counters and gauges; the busy share is the busiest shard's.
+    pub fn merge(&mut self, other: &SfuStats) {
+        let SfuStats {
+            datagrams_in,
+            datagrams_unroutable,
+            datagrams_rejected,
+            datagrams_dropped,
+            packets_in,
+            packets_forwarded,
+            bytes_forwarded,
+            nacks_received,
+            retransmissions,
+            retransmissions_missed,
+            keyframe_requests_received,
+            keyframe_requests_sent,
+            rooms,
+            peers,
+            tracks,
+            fast_path_viewers,
+            rtc_path_viewers,
+            datagrams_late,
+            busy_pct,
+            handshakes_waiting,
+        } = other;
+        self.datagrams_in += datagrams_in;
+        self.datagrams_unroutable += datagrams_unroutable;
+        self.datagrams_rejected += datagrams_rejected;
+        self.datagrams_dropped += datagrams_dropped;
+        self.packets_in += packets_in;
+        self.packets_forwarded += packets_forwarded;
+        self.bytes_forwarded += bytes_forwarded;
+        self.nacks_received += nacks_received;
+        self.retransmissions += retransmissions;
+        self.retransmissions_missed += retransmissions_missed;
+        self.keyframe_requests_received += keyframe_requests_received;
+        self.keyframe_requests_sent += keyframe_requests_sent;
+        self.rooms += rooms;
+        self.peers += peers;
+        self.tracks += tracks;
+        self.fast_path_viewers += fast_path_viewers;
+        self.rtc_path_viewers += rtc_path_viewers;
+        self.datagrams_late += datagrams_late;
+        self.busy_pct = self.busy_pct.max(*busy_pct);
+        self.handshakes_waiting += handshakes_waiting;
+    }
 }
 
 /// Why an SFU operation failed. Each variant is a distinct failure a caller may report.

@@ -35,16 +35,18 @@ use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage, 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::shard::Router;
 use crate::{Datagram, Transmit};
 
-/// Reads datagrams from `socket` (bound at `local`) and hands them to the core's queue until
-/// the driver stops. When the queue is full this waits, and the kernel's socket buffer absorbs
+/// Reads datagrams from `socket` (bound at `local`) and hands each to its shard's queue
+/// ([`Router`]) until the drivers stop. When a queue is full this waits, and the kernel's socket buffer absorbs
 /// (or drops) the excess: the reader never grows memory.
 pub async fn read_socket(
     socket: Arc<UdpSocket>,
     local: SocketAddr,
-    out: mpsc::Sender<(Instant, Datagram)>,
+    shards: Vec<mpsc::Sender<(Instant, Datagram)>>,
 ) {
+    let mut router = Router::new(shards.len());
     let state = match UdpSocketState::new((&*socket).into()) {
         Ok(state) => state,
         Err(err) => {
@@ -81,12 +83,13 @@ pub async fn read_socket(
         for (m, start) in meta[..count].iter().zip((0..).step_by(slot)) {
             let stride = m.stride.max(1);
             for datagram in area[start..start + m.len].chunks(stride) {
+                let shard = router.route(at, m.addr, datagram);
                 let datagram = Datagram {
                     local,
                     remote: m.addr,
                     payload: BytesMut::from(datagram),
                 };
-                if out.send((at, datagram)).await.is_err() {
+                if shards[shard].send((at, datagram)).await.is_err() {
                     return; // driver stopped
                 }
             }

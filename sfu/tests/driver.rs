@@ -43,3 +43,29 @@ async fn a_driver_that_keeps_up_adds_peers_and_reports_its_load() {
     assert!(stats.busy_pct <= 100);
     assert_eq!((stats.handshakes_waiting, stats.datagrams_late), (0, 0));
 }
+
+/// With two shards, rooms are placed by their code: each room's peers live on its shard (the
+/// id names it), and the handle's counters are every shard's together.
+#[tokio::test]
+async fn shards_own_whole_rooms_and_report_together() {
+    let (handle, _stop) = driver(SfuConfig {
+        workers: 2,
+        ..SfuConfig::default()
+    })
+    .await;
+    assert_eq!(handle.shards(), 2);
+    let mut shards_used = std::collections::HashSet::new();
+    for i in 0..12 {
+        let room = RoomId::new(&format!("ROOM{i}"));
+        let shard = sfu::shard::Shard::of_room(&room, 2);
+        for role in [Role::Publisher, Role::Subscriber] {
+            let (events, _rx) = mpsc::channel(16);
+            let peer = handle.add_peer(room.clone(), role, events).await.unwrap();
+            assert_eq!(sfu::shard::Shard::of_id(peer.0, 2), shard, "{room:?}");
+            shards_used.insert(shard);
+        }
+    }
+    assert_eq!(shards_used.len(), 2, "rooms spread over both shards");
+    let stats = handle.stats().await.unwrap();
+    assert_eq!((stats.peers, stats.rooms), (24, 12));
+}

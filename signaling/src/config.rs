@@ -54,6 +54,8 @@ pub struct ServerConfig {
     /// DTLS-SRTP profiles offered to viewers (see `sfu::SfuConfig::viewer_srtp_profiles`:
     /// AES-128-GCM only by default, because Chrome would otherwise pick AES-CM).
     pub viewer_srtp_profiles: Vec<sfu::srtp::SrtpProfile>,
+    /// Forwarding shards of the media plane (`sfu::SfuConfig::workers`): one per core.
+    pub workers: usize,
 }
 
 /// Rate limits (per IP, per connection, per party) and admission control.
@@ -123,6 +125,7 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(10),
             cors_origins: vec!["*".to_owned()],
             viewer_srtp_profiles: sfu::SfuConfig::default().viewer_srtp_profiles,
+            workers: sfu::SfuConfig::default().workers,
         }
     }
 }

@@ -162,6 +162,7 @@ impl AppState {
         let stop = shutdown.clone();
         let sfu_config = SfuConfig {
             viewer_srtp_profiles: config.viewer_srtp_profiles.clone(),
+            workers: config.workers,
             ..SfuConfig::default()
         };
         let sfu = sfu::run_driver(sfu_config, sockets, room_events_tx, async move {

@@ -280,6 +280,17 @@ pub struct ServeArgs {
     )]
     pub max_peers: Option<usize>,
 
+    /// Forwarding shards of the media plane, each owning whole rooms (at most 62).
+    ///
+    /// Default: the number of cores, so a node with many rooms uses every core.
+    #[arg(
+        long,
+        env = "MARQUEE_WORKERS",
+        value_name = "N",
+        help_heading = "Media"
+    )]
+    pub workers: Option<usize>,
+
     /// Base URL of an OTLP/HTTP collector for traces and metrics (http://127.0.0.1:4318).
     ///
     /// Default: none, nothing is pushed and metrics are served on /metrics only.
@@ -359,6 +370,8 @@ pub struct MediaFile {
     /// DTLS-SRTP profiles offered to viewers, by IANA name (`SRTP_AEAD_AES_128_GCM`,
     /// `SRTP_AES128_CM_HMAC_SHA1_80`, `SRTP_AES128_CM_HMAC_SHA1_32`).
     pub viewer_srtp_profiles: Option<Vec<String>>,
+    /// Forwarding shards (`--workers`).
+    pub workers: Option<usize>,
 }
 
 /// One `[[turn]]` entry.
@@ -518,6 +531,7 @@ pub fn effective(config: &ServerConfig) -> FileSettings {
                     .map(|p| p.iana_name().to_owned())
                     .collect(),
             ),
+            workers: Some(config.workers),
         }),
     }
 }
@@ -672,6 +686,9 @@ fn apply_file(
             |key| file.key(&format!("telemetry.{key}")),
         )?;
     }
+    if let Some(n) = s.media.as_ref().and_then(|m| m.workers) {
+        config.workers = workers(n, || file.key("media.workers"))?;
+    }
     if let Some(names) = s
         .media
         .as_ref()
@@ -681,6 +698,18 @@ fn apply_file(
             srtp_profiles(names, || file.key("media.viewer_srtp_profiles"))?;
     }
     Ok(())
+}
+
+/// A number of forwarding shards: 1 to [`sfu::shard::MAX_SHARDS`].
+fn workers(n: usize, setting: impl Fn() -> String) -> Result<usize, SettingsError> {
+    if (1..=sfu::shard::MAX_SHARDS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(invalid(
+            setting(),
+            format!("{n}: between 1 and {} shards", sfu::shard::MAX_SHARDS),
+        ))
+    }
 }
 
 /// A non-empty list of SRTP profiles the fast path implements, by IANA name.
@@ -821,6 +850,9 @@ fn apply_cli(
         admission.max_peers_per_room = positive(n, || {
             flag("max-peers-per-room", "MARQUEE_MAX_PEERS_PER_ROOM")
         })?;
+    }
+    if let Some(n) = cli.workers {
+        config.workers = workers(n, || flag("workers", "MARQUEE_WORKERS"))?;
     }
     if let Some(n) = cli.max_peers {
         admission.max_peers = positive(n, || flag("max-peers", "MARQUEE_MAX_PEERS"))?;
@@ -1189,6 +1221,7 @@ mod tests {
 
             [media]
             viewer_srtp_profiles = ["srtp_aead_aes_128_gcm", "SRTP_AES128_CM_HMAC_SHA1_80"]
+            workers = 3
             "#
         );
         let config = build(Some(&file(&text)), &ServeArgs::default()).unwrap();
@@ -1242,6 +1275,27 @@ mod tests {
         assert_eq!(
             config.viewer_srtp_profiles,
             vec![SrtpProfile::AeadAes128Gcm, SrtpProfile::Aes128CmHmacSha1_80]
+        );
+        assert_eq!(config.workers, 3);
+    }
+
+    #[test]
+    fn workers_come_from_the_file_or_the_flag_within_bounds() {
+        let config = build(
+            Some(&file("dev = true\n[media]\nworkers = 2\n")),
+            &args(&["--workers", "4"]),
+        )
+        .unwrap();
+        assert_eq!(config.workers, 4, "the flag over the file");
+        let err = build_err("dev = true\n[media]\nworkers = 0\n", &[]);
+        assert!(
+            err.contains("`media.workers`") && err.contains("between 1 and 62"),
+            "{err}"
+        );
+        let err = build_err("dev = true\n", &["--workers", "63"]);
+        assert!(
+            err.contains("--workers") && err.contains("MARQUEE_WORKERS"),
+            "{err}"
         );
     }
 

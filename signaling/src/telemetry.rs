@@ -491,7 +491,7 @@ const SFU_GAUGES: [SfuField; 7] = [
     },
     SfuField {
         name: "marquee_sfu_busy_percent",
-        description: "Share of wall time the SFU driver spends working; new peers are refused above its limit.",
+        description: "Share of wall time the busiest SFU shard spends working.",
         unit: "%",
         read: |s| s.busy_pct,
     },

@@ -110,9 +110,10 @@ impl Sfu {
         role: Role,
         client_offers: bool,
     ) -> Result<PeerId, SfuError> {
-        let id = PeerId(self.next_id);
+        let id = PeerId(self.config.shard.id(self.next_id));
         self.next_id += 1;
-        let ufrag = random_token(16);
+        // The first letter names the shard, so the socket reader routes ICE checks to it.
+        let ufrag = format!("{}{}", self.config.shard.ufrag_letter(), random_token(15));
         let keys = KeyTap::new().map_err(SfuError::internal)?;
         let setting_engine = SettingEngineBuilder::new()
             // Learns the SRTP master keys for the forwarding fast path (see `FastPath`).

@@ -42,7 +42,7 @@ impl Sfu {
                 id
             }
             None => {
-                let id = TrackId(self.next_id);
+                let id = TrackId(self.config.shard.id(self.next_id));
                 self.next_id += 1;
                 room.tracks.push(id);
                 self.tracks.insert(
