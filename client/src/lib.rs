@@ -1,5 +1,5 @@
 //! Rust clients of a Marquee server, built from the same parts a real client uses: the
-//! protocol types of `signaling::protocol` over a WebSocket, and the async `webrtc` crate.
+//! protocol types of `marquee_protocol::wire` over a WebSocket, and the async `webrtc` crate.
 //!
 //! - [`live`]: WebSocket client, WebRTC host (publisher) and viewer (subscriber).
 //! - [`media`]: synthetic VP8/Opus payloads and keyframe detection.

@@ -1,5 +1,5 @@
 //! Test-side clients of a Marquee server, built from the same parts a real client uses: the
-//! protocol types of `signaling::protocol` over a WebSocket, and the async `webrtc` crate.
+//! protocol types of `marquee_protocol::wire` over a WebSocket, and the async `webrtc` crate.
 //!
 //! Layers, from the wire up:
 //! - [`WsClient`] speaks the JSON protocol: `send`, `send_raw` for malformed input, and `recv*`
@@ -56,7 +56,7 @@ use webrtc::peer_connection::{
 };
 use webrtc::runtime::Runtime;
 
-use signaling::protocol::{
+use marquee_protocol::wire::{
     ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaKind, PROTOCOL_VERSION, Role,
     ServerMessage,
 };
@@ -117,7 +117,7 @@ pub struct Joined {
     pub host_key: Option<String>,
     pub limits: Limits,
     /// STUN/TURN servers the server handed out (with TURN credentials).
-    pub ice_servers: Vec<signaling::turn::IceServer>,
+    pub ice_servers: Vec<marquee_protocol::ice::IceServer>,
 }
 
 impl Joined {
@@ -865,8 +865,8 @@ impl Publisher {
         // The SFU's own marker hands PLI/FIR (and NACK, which the publisher ignores: the
         // default NACK responder has already answered it) to the application.
         let registry = register_default_interceptors(Registry::new(), &mut media_engine)?.with(
-            sfu::codecs::FEEDBACK_SLOT,
-            sfu::feedback::DeliverFeedback::default(),
+            marquee_protocol::feedback::FEEDBACK_SLOT,
+            marquee_protocol::feedback::DeliverFeedback::default(),
         );
         let peer = Peer::build(media_engine, registry, settings, None, None).await?;
 
@@ -1293,7 +1293,7 @@ impl PublisherShared {
 }
 
 /// Reads RTCP about the video track (only PLI and FIR reach it, see
-/// [`sfu::feedback::DeliverFeedback`]) and asks the generator for a keyframe.
+/// [`marquee_protocol::feedback::DeliverFeedback`]) and asks the generator for a keyframe.
 async fn read_keyframe_requests(shared: Arc<PublisherShared>) {
     while let Some(event) = shared.video.poll().await {
         let TrackLocalEvent::OnRtcpPacket(packets) = event else {

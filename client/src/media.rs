@@ -9,7 +9,7 @@
 //! in the RTP header (SSRC, sequence number, timestamp).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use signaling::protocol::MediaKind;
+use marquee_protocol::wire::MediaKind;
 
 /// RTP clock rate of VP8 (RFC 7741 §4.1).
 pub const VP8_CLOCK_RATE: u32 = 90_000;

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use signaling::protocol::{
+use marquee_protocol::wire::{
     ClientMessage, ErrorBody, ErrorCode, PROTOCOL_VERSION, PartyState, ServerMessage,
 };
 use sync::{Event, EventBody, PlaybackCommand, SharedState};

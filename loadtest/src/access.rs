@@ -8,7 +8,7 @@
 //! identity as the current host takes the room over.
 
 use anyhow::{Result, anyhow};
-use signaling::auth::{Claims, Grant, Grants, TokenKey};
+use marquee_protocol::auth::{Claims, Grant, Grants, TokenKey};
 
 /// How long a minted token stays valid. The server checks a token when a client joins, and
 /// a run is bounded; six hours covers any run with margin and still expires.

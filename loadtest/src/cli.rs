@@ -425,7 +425,7 @@ mod tests {
             .unwrap()
             .mint(crate::access::ClientRole::Viewer, "v")
             .expect("a token with a secret");
-        let key = signaling::auth::TokenKey::new(secret.as_bytes()).unwrap();
+        let key = marquee_protocol::auth::TokenKey::new(secret.as_bytes()).unwrap();
         assert!(key.verify(&token, 1_800_000_000).is_ok());
         let none = Args::try_parse_from(["loadtest"]).unwrap();
         assert!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use marquee_client::{Host, HostOptions, MediaConfig, PartyClient, WsClient};
-use signaling::protocol::{ClientMessage, Role};
+use marquee_protocol::wire::{ClientMessage, Role};
 use sync::{ClockSync, EventBody, PlaybackCommand, ProbeSample, UnixMillis};
 use tokio::sync::watch;
 use tokio::task::JoinSet;

@@ -14,11 +14,11 @@ use marquee_client::{
     Host, PayloadTag, Subscriber, SubscriberOptions, TrackHandler, Viewer, ViewerOptions, WhipHttp,
     WhipSession, is_vp8_keyframe_start,
 };
+use marquee_protocol::wire::MediaKind;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::{
     TransportLayerNack, nack_pairs_from_sequence_numbers,
 };
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use signaling::protocol::MediaKind;
 use tokio::sync::watch;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::RTCPeerConnectionState;

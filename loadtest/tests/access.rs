@@ -5,8 +5,8 @@
 mod support;
 
 use marquee_client::WsClient;
-use signaling::auth::{Claims, Grant, Grants, TokenKey};
-use signaling::protocol::Role;
+use marquee_protocol::auth::{Claims, Grant, Grants, TokenKey};
+use marquee_protocol::wire::Role;
 use support::{Server, loadtest, loadtest_with_env, read_json};
 
 const SECRET: &str = "the-load-tested-servers-secret-0123456789";

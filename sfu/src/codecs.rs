@@ -5,7 +5,7 @@
 //! NACK responder of `rtc`'s own: the SFU answers viewer NACKs from its shared per-track ring
 //! instead of keeping a copy of every packet per viewer.
 
-use rtc::interceptor::{Registry, Slot};
+use rtc::interceptor::Registry;
 use rtc::peer_connection::configuration::interceptor_registry::{
     configure_nack, configure_rtcp_reports, configure_twcc_receiver_only,
 };
@@ -182,9 +182,7 @@ pub fn engine_for(role: Role) -> rtc::shared::error::Result<(MediaEngine, Regist
     Ok((engine, registry))
 }
 
-/// Application-most position (above every built-in slot), so the built-in interceptors see
-/// the feedback too.
-pub const FEEDBACK_SLOT: Slot = Slot::Custom(14_000);
+pub use marquee_protocol::feedback::FEEDBACK_SLOT;
 
 fn feedback(typ: &str, parameter: &str) -> RTCPFeedback {
     RTCPFeedback {

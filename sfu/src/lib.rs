@@ -18,7 +18,7 @@ pub mod codecs;
 pub mod config;
 pub mod demux;
 pub mod driver;
-pub mod feedback;
+pub use marquee_protocol::feedback;
 pub mod ids;
 pub mod keyframe;
 pub mod keytap;

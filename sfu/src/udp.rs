@@ -495,8 +495,10 @@ mod tests {
             .collect();
         let mut pool = EgressPool::start(Sockets::new(HashMap::from([(local, server)])), 2);
         let mut sent = 0;
-        for chunk in viewers.chunks(SEND_BATCH) {
-            let mut batch = pool.batch();
+        // Both batches exist before either is sent: taking the second from the pool could
+        // otherwise reuse the first, already back.
+        let batches: Vec<Batch> = (0..2).map(|_| pool.batch()).collect();
+        for (chunk, mut batch) in viewers.chunks(SEND_BATCH).zip(batches) {
             for (i, v) in chunk.iter().enumerate() {
                 batch.bufs[i].clear();
                 batch.bufs[i].extend_from_slice(&[sent as u8; 100]);

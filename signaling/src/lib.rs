@@ -13,13 +13,13 @@
 //!   [`telemetry`]: metrics and traces; `join_trace`: one trace per join.
 //! - `wall_clock`: the one place the edge reads the wall clock.
 
-pub mod auth;
+pub use marquee_protocol::auth;
 pub mod config;
 mod join_trace;
 pub mod limits;
 mod media;
 mod parties;
-pub mod protocol;
+pub use marquee_protocol::wire as protocol;
 mod rooms;
 mod session;
 pub mod settings;

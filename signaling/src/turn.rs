@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use serde::{Deserialize, Serialize};
 
 /// Longest identity put in a TURN username, in bytes; longer ones are cut (at a character
 /// boundary). STUN's USERNAME must be under 509 bytes (RFC 8489 §14.3); the identity only
@@ -45,17 +44,7 @@ impl fmt::Debug for TurnConfig {
     }
 }
 
-/// A STUN/TURN server as the browser's `RTCIceServer` dictionary (W3C WebRTC §4.2.2), so the
-/// web client passes it to `new RTCPeerConnection({iceServers})` unchanged.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct IceServer {
-    pub urls: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credential: Option<String>,
-}
+pub use marquee_protocol::ice::IceServer;
 
 /// The TURN username and password for `identity`, valid until `now_unix + ttl` (whole
 /// seconds; sub-second parts of `ttl` are dropped).

@@ -143,7 +143,7 @@ export class Signaling extends EventTarget {
   }
   leave() { return this.send('leave'); }
 
-  // Watch-party senders (signaling/src/protocol.rs; js/party.js).
+  // Watch-party senders (protocol/src/wire.rs; js/party.js).
   /** Creates a party (no `party`) or joins one; `memberId`/`memberKey`/`lastSeq` resume. */
   partyJoin({ party, name = '', memberId, memberKey, lastSeq, token = this.token }) {
     const msg = { version: PROTOCOL_VERSION, name };

@@ -190,7 +190,7 @@ pub enum ServerMessage {
         /// STUN/TURN servers for the client's RTCPeerConnection (RTCIceServer shape), with
         /// time-limited TURN credentials. Empty when none are configured.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        ice_servers: Vec<crate::turn::IceServer>,
+        ice_servers: Vec<crate::ice::IceServer>,
     },
     /// A server-made offer: sent to viewers on join and whenever the room's tracks change.
     Offer { sdp: String },

@@ -1,4 +1,5 @@
-//! Getting viewer feedback (NACK, PLI, FIR) out of `rtc`'s interceptor chain.
+//! Getting viewer feedback (NACK, PLI, FIR) out of `rtc`'s interceptor chain, for the SFU and
+//! for the synthetic host of the tests and `loadtest` (which answers PLI like an encoder).
 //!
 //! In `rtc` 0.21 inbound RTCP ends at the chain's terminus unless an interceptor marks a packet
 //! `DeliverToApplication`. The SFU acts on viewers' NACK, PLI and FIR and on hosts' sender
@@ -7,12 +8,16 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use rtc::interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
+use rtc::interceptor::{Attribute, Interceptor, Packet, Slot, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
+
+/// Where [`DeliverFeedback`] sits in a registry: application-most (above every built-in slot),
+/// so the built-in interceptors see the feedback too.
+pub const FEEDBACK_SLOT: Slot = Slot::Custom(14_000);
 
 /// Marks inbound RTCP that carries a NACK, PLI, FIR or sender report for delivery to the
 /// application.
