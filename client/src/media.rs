@@ -9,6 +9,7 @@
 //! in the RTP header (SSRC, sequence number, timestamp).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use marquee_protocol::keyframe::{VideoCodec, starts_keyframe};
 use marquee_protocol::wire::MediaKind;
 
 /// RTP clock rate of VP8 (RFC 7741 §4.1).
@@ -137,40 +138,11 @@ pub fn opus_payload(packet: u32, payload_size: usize) -> Bytes {
     buf.freeze()
 }
 
-/// Length of the VP8 payload descriptor at the start of `payload` (RFC 7741 §4.2), or `None`
-/// if the payload is too short to hold the descriptor it announces.
-pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
-    let first = *payload.first()?;
-    let mut len = 1;
-    if first & 0x80 != 0 {
-        // X: an extension byte with the I, L, T and K flags follows.
-        let ext = *payload.get(1)?;
-        len += 1;
-        if ext & 0x80 != 0 {
-            // I: PictureID, 15 bits when its M bit is set, else 7 bits.
-            let picture_id = *payload.get(len)?;
-            len += if picture_id & 0x80 != 0 { 2 } else { 1 };
-        }
-        if ext & 0x40 != 0 {
-            // L: TL0PICIDX.
-            len += 1;
-        }
-        if ext & 0x30 != 0 {
-            // T or K: one byte holding TID, Y and KEYIDX.
-            len += 1;
-        }
-    }
-    (len <= payload.len()).then_some(len)
-}
+pub use marquee_protocol::keyframe::vp8_descriptor_len;
 
-/// Whether an RTP payload starts a VP8 keyframe: the descriptor marks the start of partition 0
-/// (S=1, PID=0) and the frame tag that follows has P=0 (RFC 7741 §4.3).
+/// Whether an RTP payload starts a VP8 keyframe (the SFU's own test, `marquee_protocol::keyframe`).
 pub fn is_vp8_keyframe_start(payload: &[u8]) -> bool {
-    let Some(len) = vp8_descriptor_len(payload) else {
-        return false;
-    };
-    let starts_partition_zero = payload[0] & 0x10 != 0 && payload[0] & 0x07 == 0;
-    starts_partition_zero && payload.get(len).is_some_and(|tag| tag & 0x01 == 0)
+    starts_keyframe(VideoCodec::Vp8, payload)
 }
 
 /// Deterministic filler up to `payload_size - PayloadTag::LEN` bytes.

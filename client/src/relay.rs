@@ -12,6 +12,7 @@
 //! Each (SSRC, sequence number) is dropped at most once, on its first transmission, so the
 //! retransmission the client's NACK asks for passes.
 
+use marquee_protocol::demux::{DatagramKind, classify};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -75,12 +76,13 @@ impl RtpHeader {
     }
 }
 
-/// Classifies one datagram without any keys.
+/// Classifies one datagram without any keys: RFC 7983's first-byte ranges (shared with the
+/// SFU), then RTCP told from RTP by its packet type.
 pub fn classify_datagram(buf: &[u8]) -> Datagram {
-    match buf.first() {
-        Some(0..=3) => Datagram::Stun,
-        Some(20..=63) => Datagram::Dtls,
-        Some(128..=191) if buf.len() >= 12 => {
+    match classify(buf) {
+        DatagramKind::Stun => Datagram::Stun,
+        DatagramKind::Dtls => Datagram::Dtls,
+        DatagramKind::Rtp if buf.len() >= 12 => {
             let payload_type = buf[1] & 0x7f;
             if (64..=95).contains(&payload_type) {
                 // Packet types 192..=223 with the marker bit folded in: RTCP.
@@ -95,7 +97,7 @@ pub fn classify_datagram(buf: &[u8]) -> Datagram {
                 })
             }
         }
-        _ => Datagram::Other,
+        DatagramKind::Rtp | DatagramKind::Unknown => Datagram::Other,
     }
 }
 

@@ -40,6 +40,9 @@ use crate::stream::{Arrival, RtpHeader, StreamStats};
 pub struct Tap {
     sample_every: u64,
     sampling: AtomicBool,
+    /// Set when the viewer is about to leave: media is still counted but no longer handed to
+    /// the stack, so what was handed over can be waited for and every sample accounted.
+    closing: AtomicBool,
     state: Mutex<TapState>,
     nacks: Notify,
 }
@@ -69,6 +72,7 @@ impl Tap {
         Arc::new(Self {
             sample_every: u64::from(sample_every.max(1)),
             sampling: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             state: Mutex::default(),
             nacks: Notify::new(),
         })
@@ -78,6 +82,11 @@ impl Tap {
     /// keyframe: until then the viewer needs every packet of it).
     pub fn start_sampling(&self) {
         self.sampling.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops handing RTP to the stack (see `closing`).
+    pub fn stop_passing(&self) {
+        self.closing.store(true, Ordering::Relaxed);
     }
 
     pub fn state(&self) -> MutexGuard<'_, TapState> {
@@ -110,7 +119,10 @@ impl Tap {
             }
         };
         let pass = match arrival {
-            Arrival::InOrder | Arrival::Late { .. } => !sampling || count % self.sample_every == 0,
+            Arrival::InOrder | Arrival::Late { .. } => {
+                !self.closing.load(Ordering::Relaxed)
+                    && (!sampling || count % self.sample_every == 0)
+            }
             Arrival::Duplicate | Arrival::TooOld => false,
         };
         if pass {

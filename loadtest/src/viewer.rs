@@ -324,9 +324,23 @@ pub async fn run(
             subscriber.connection_state()
         ));
     }
+    // Every packet handed to the stack is read before the count is taken: the samples the
+    // report says were authenticated are then exactly those it says were sampled.
+    tap.stop_passing();
+    let _ = tokio::time::timeout(DRAIN_WAIT, drained(&tap, &tracks)).await;
     collect(&tap, &tracks, &mut outcome);
     let _ = tokio::time::timeout(Duration::from_secs(2), viewer.close()).await;
     outcome
+}
+
+/// How long a leaving viewer waits for its stack to deliver what it was handed.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Until the stack has delivered every RTP packet the tap handed it.
+async fn drained(tap: &Tap, tracks: &Mutex<Tracks>) {
+    while lock(tracks).authenticated < tap.state().passed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn wait_keyframe(tracks: &Mutex<Tracks>, keyframe: &tokio::sync::Notify) {

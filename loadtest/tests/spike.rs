@@ -222,7 +222,17 @@ async fn whep_viewers_join_and_are_measured() {
     let c = &r["counts"];
     assert_eq!(c["viewers_with_media"], 12, "{c} {:?}", r["errors"]);
     assert_eq!(c["joins_failed"], 0, "{c}");
-    assert_eq!(c["packets_authenticated"], c["packets_sampled"], "{c}");
+    // A WHEP viewer offers, so the server answers as DTLS server and the `webrtc` stack is the
+    // DTLS client, which installs its SRTP keys a step after its Finished: a packet that
+    // arrives in between is dropped by the stack. At most one such packet per viewer.
+    let (authenticated, sampled) = (
+        c["packets_authenticated"].as_u64().unwrap(),
+        c["packets_sampled"].as_u64().unwrap(),
+    );
+    assert!(
+        authenticated <= sampled && authenticated + 12 >= sampled,
+        "{c}"
+    );
     assert_eq!(
         samples(&r, "join_joined"),
         Some(12),

@@ -16,11 +16,11 @@
 
 pub mod codecs;
 pub mod config;
-pub mod demux;
+pub use marquee_protocol::demux;
 pub mod driver;
 pub use marquee_protocol::feedback;
 pub mod ids;
-pub mod keyframe;
+pub use marquee_protocol::keyframe;
 pub mod keytap;
 pub mod load;
 pub mod rewrite;

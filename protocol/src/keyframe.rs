@@ -19,36 +19,37 @@ pub fn starts_keyframe(codec: VideoCodec, payload: &[u8]) -> bool {
 /// VP8 payload descriptor (RFC 7741 §4.2), then the VP8 frame tag whose bit 0 (P) is 0 for a
 /// key frame (RFC 6386 §9.1). Only the first packet of partition 0 carries the frame tag.
 fn vp8_starts_keyframe(payload: &[u8]) -> bool {
-    let Some(&first) = payload.first() else {
+    let Some(len) = vp8_descriptor_len(payload) else {
         return false;
     };
-    let extended = first & 0x80 != 0;
-    let start_of_partition = first & 0x10 != 0;
-    let partition_id = first & 0x07;
-    if !start_of_partition || partition_id != 0 {
-        return false;
+    let starts_partition_zero = payload[0] & 0x10 != 0 && payload[0] & 0x07 == 0;
+    starts_partition_zero && payload.get(len).is_some_and(|tag| tag & 0x01 == 0)
+}
+
+/// Length of the VP8 payload descriptor at the start of `payload` (RFC 7741 §4.2), or `None`
+/// if the payload is too short to hold the descriptor it announces.
+pub fn vp8_descriptor_len(payload: &[u8]) -> Option<usize> {
+    let first = *payload.first()?;
+    let mut len = 1;
+    if first & 0x80 != 0 {
+        // X: an extension byte with the I, L, T and K flags follows.
+        let ext = *payload.get(1)?;
+        len += 1;
+        if ext & 0x80 != 0 {
+            // I: PictureID, 15 bits when its M bit is set, else 7 bits.
+            let picture_id = *payload.get(len)?;
+            len += if picture_id & 0x80 != 0 { 2 } else { 1 };
+        }
+        if ext & 0x40 != 0 {
+            // L: TL0PICIDX.
+            len += 1;
+        }
+        if ext & 0x30 != 0 {
+            // T or K: one byte holding TID, Y and KEYIDX.
+            len += 1;
+        }
     }
-    let mut offset = 1;
-    if extended {
-        let Some(&x) = payload.get(1) else {
-            return false;
-        };
-        offset = 2;
-        if x & 0x80 != 0 {
-            // I: picture id, one or two bytes (M bit).
-            let Some(&pid) = payload.get(offset) else {
-                return false;
-            };
-            offset += if pid & 0x80 != 0 { 2 } else { 1 };
-        }
-        if x & 0x40 != 0 {
-            offset += 1; // L: TL0PICIDX
-        }
-        if x & 0x30 != 0 {
-            offset += 1; // T or K: TID/Y/KEYIDX
-        }
-    }
-    payload.get(offset).is_some_and(|tag| tag & 0x01 == 0)
+    (len <= payload.len()).then_some(len)
 }
 
 /// H.264 (RFC 6184): an IDR slice (type 5) or SPS (type 7) in a single NAL unit, a STAP-A
