@@ -58,14 +58,15 @@ impl WhipHttp {
     /// Requests from a chosen local IP (another loopback address is another client to the
     /// server's per-IP limits).
     pub fn from_ip(server: SocketAddr, local: Option<std::net::IpAddr>) -> Self {
+        Self::with_base(format!("http://{server}"), local)
+    }
+
+    fn with_base(base: String, local: Option<std::net::IpAddr>) -> Self {
         let client = reqwest::Client::builder()
             .local_address(local)
             .build()
             .expect("a plain HTTP client builds");
-        Self {
-            client,
-            base: format!("http://{server}"),
-        }
+        Self { client, base }
     }
 
     /// A client for the server of an `http://host:port/path` URL (any WHEP server's
@@ -78,15 +79,9 @@ impl WhipHttp {
         if authority.is_empty() {
             bail!("{url}: no host");
         }
-        let client = reqwest::Client::builder()
-            .build()
-            .expect("a plain HTTP client builds");
         let path = if path.is_empty() { "/" } else { path };
         Ok((
-            Self {
-                client,
-                base: format!("http://{authority}"),
-            },
+            Self::with_base(format!("http://{authority}"), None),
             path.to_owned(),
         ))
     }

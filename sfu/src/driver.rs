@@ -254,6 +254,8 @@ pub fn run_driver(
             Err(err) => tracing::error!(%err, "cannot share the media socket"),
         }
     }
+    let sockets = Arc::new(Sockets::new(senders));
+    tracing::info!(gso = sockets.gso(), shards = count, "media egress");
     for (index, (commands, datagrams)) in
         command_queues.into_iter().zip(datagram_queues).enumerate()
     {
@@ -261,14 +263,12 @@ pub fn run_driver(
             shard: Shard { index, count },
             ..config.clone()
         };
-        let sockets = Sockets::new(senders.clone());
         tracing::info!(
             shard = index,
-            gso = sockets.gso(),
             send_threads = config.send_threads,
             "media shard"
         );
-        let egress = EgressPool::start(sockets, config.send_threads);
+        let egress = EgressPool::start(sockets.clone(), config.send_threads);
         let driver = Driver {
             open: (0..egress.threads()).map(|_| None).collect(),
             held: (0..egress.threads()).map(|_| None).collect(),

@@ -203,18 +203,23 @@ mod tests {
         assert_eq!(ingress.stats().deferred_overflow, 5);
     }
 
+    /// 600 ms from `t0` of 9 ms of work in every 10 ms, each datagram having waited 30 ms.
+    fn overload(meter: &mut LoadMeter, t0: Instant) {
+        let ms = Duration::from_millis;
+        for i in 0..60u64 {
+            let start = t0 + ms(10 * i);
+            meter.record_wait(ms(30));
+            meter.record_busy(start, start + ms(9));
+        }
+    }
+
     #[test]
     #[allow(clippy::disallowed_methods)]
     fn the_meter_reads_the_last_complete_window() {
         let mut meter = LoadMeter::default();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        // 9 ms of work in every 10 ms, each datagram having waited 30 ms.
-        for i in 0..60u64 {
-            let start = t0 + ms(10 * i);
-            meter.record_wait(ms(30));
-            meter.record_busy(start, start + ms(9));
-        }
+        overload(&mut meter, t0);
         assert!(
             (meter.busy_fraction() - 0.9).abs() < 0.03,
             "{}",
@@ -246,11 +251,7 @@ mod tests {
         let mut meter = LoadMeter::default();
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        for i in 0..60u64 {
-            let start = t0 + ms(10 * i);
-            meter.record_wait(ms(30));
-            meter.record_busy(start, start + ms(9));
-        }
+        overload(&mut meter, t0);
         assert!(meter.falling_behind(t0 + ms(600), ms(10)));
         // The window with the overload's last datagrams closes...
         meter.falling_behind(t0 + ms(1600), ms(10));

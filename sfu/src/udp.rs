@@ -333,7 +333,7 @@ fn messages(batch: &Batch, first: usize, end: usize, gso: bool) -> Vec<Range<usi
 fn call_end(batch: &Batch, msgs: &[Range<usize>], start: usize) -> (usize, Option<u16>) {
     let mut segment: Option<usize> = None;
     let mut longest_single = 0;
-    for (k, m) in msgs.iter().enumerate().skip(start) {
+    for (m, k) in msgs[start..].iter().zip(start..) {
         let len = batch.bufs[m.start].len();
         if m.len() > 1 {
             match segment {
@@ -372,9 +372,9 @@ pub struct EgressPool {
 }
 
 impl EgressPool {
-    /// Starts `threads` send threads (at least one) over `sockets`, keyed by local address.
-    pub fn start(sockets: Sockets, threads: usize) -> Self {
-        let sockets = Arc::new(sockets);
+    /// Starts `threads` send threads (at least one) over `sockets` (shared by every shard's
+    /// pool, so a kernel that refuses GSO turns it off for all).
+    pub fn start(sockets: Arc<Sockets>, threads: usize) -> Self {
         let counters = Arc::new(EgressCounters::default());
         let (give_back, returned) = std::sync::mpsc::channel();
         let queues = (0..threads.max(1))
@@ -493,7 +493,8 @@ mod tests {
         let viewers: Vec<StdUdpSocket> = (0..40)
             .map(|_| StdUdpSocket::bind("127.0.0.1:0").unwrap())
             .collect();
-        let mut pool = EgressPool::start(Sockets::new(HashMap::from([(local, server)])), 2);
+        let mut pool =
+            EgressPool::start(Arc::new(Sockets::new(HashMap::from([(local, server)]))), 2);
         let mut sent = 0;
         // Both batches exist before either is sent: taking the second from the pool could
         // otherwise reuse the first, already back.
@@ -648,7 +649,10 @@ mod tests {
         let local = server.local_addr().unwrap();
         let sink = StdUdpSocket::bind("127.0.0.1:0").unwrap();
         let remote = sink.local_addr().unwrap();
-        let mut pool = EgressPool::start(Sockets::without_gso(HashMap::from([(local, server)])), 1);
+        let mut pool = EgressPool::start(
+            Arc::new(Sockets::without_gso(HashMap::from([(local, server)]))),
+            1,
+        );
         let batches = EGRESS_QUEUE * 4;
         // Made first, then handed over as fast as a fan-out makes them.
         let made: Vec<Batch> = (0..batches)
@@ -695,7 +699,7 @@ mod tests {
     /// many destinations spread over all threads.
     #[test]
     fn a_destination_keeps_its_send_thread() {
-        let pool = EgressPool::start(Sockets::new(HashMap::new()), 4);
+        let pool = EgressPool::start(Arc::new(Sockets::new(HashMap::new())), 4);
         let mut used = [0usize; 4];
         for port in 5000..5400u16 {
             let remote: SocketAddr = format!("127.1.0.{}:{port}", port % 250 + 1)
