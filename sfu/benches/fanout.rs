@@ -7,6 +7,11 @@
 //! each viewer must not, so allocations per *forwarded* packet are
 //! `(allocations at N − allocations at 1) / (N − 1)`, printed for each N.
 //!
+//! The `fanout_two_shards` group splits the viewers over two shard cores (the home shard
+//! decrypts and relays each packet to the other, which seals its viewers' copies), run one
+//! after the other on one thread: its time per forwarded packet is the CPU both cores spend
+//! together, so comparing it with `fanout` shows what relaying costs.
+//!
 //! `cargo bench -p sfu --bench fanout`
 #![allow(clippy::disallowed_methods)] // a benchmark measures wall time
 
@@ -36,15 +41,20 @@ fn allocations() -> u64 {
 
 const VIEWERS: [usize; 4] = [1, 100, 1000, 2000];
 
-/// A harness whose clients offer `profiles` (None: `rtc`'s default, AES-128-GCM first).
-fn harness(profiles: Option<Vec<SrtpProtectionProfile>>) -> Harness {
-    let mut h = Harness::new(SfuConfig {
+/// A harness of `shards` cores whose clients offer `profiles` (None: `rtc`'s default,
+/// AES-128-GCM first).
+fn harness(shards: usize, profiles: Option<Vec<SrtpProtectionProfile>>) -> Harness {
+    let config = SfuConfig {
         // Room for one packet to every viewer, so nothing is dropped at N = 2000.
         max_queued_datagrams: 4096,
         // Viewers may land on any profile the clients offer (the default is GCM only).
         viewer_srtp_profiles: SrtpProfile::ALL.to_vec(),
         ..SfuConfig::default()
-    });
+    };
+    let mut h = match shards {
+        1 => Harness::new(config),
+        n => Harness::sharded(config, n),
+    };
     h.client_srtp_profiles = profiles;
     h
 }
@@ -53,31 +63,29 @@ fn harness(profiles: Option<Vec<SrtpProtectionProfile>>) -> Harness {
 /// allocations made.
 fn forward_one(h: &mut Harness, host: usize, buf: &mut Vec<u8>) -> u64 {
     let datagrams = h.next_host_video(host);
-    let now = h.now;
     let before = allocations();
-    for d in datagrams {
-        h.sfu.handle_datagram(now, d);
-    }
-    while let Some(t) = h.sfu.poll_transmit(buf) {
-        black_box((&t, &*buf));
-    }
+    black_box(h.forward(datagrams, buf));
     allocations() - before
 }
 
 fn bench(
     c: &mut Criterion,
     group: &str,
+    shards: usize,
     viewers: &[usize],
     profiles: Option<Vec<SrtpProtectionProfile>>,
 ) {
     let mut group = c.benchmark_group(group);
     group.sample_size(20);
     group.measurement_time(Duration::from_secs(5));
-    let mut per_inbound_at_one = None;
+    let mut per_inbound_at_first = None;
     for &viewers in viewers {
-        let mut h = harness(profiles.clone());
+        let mut h = harness(shards, profiles.clone());
         let (host, reached) = h.fanout_room(viewers);
-        let stats = h.sfu.stats();
+        let mut stats = h.sfu.stats();
+        for core in &h.others {
+            stats.merge(&core.stats());
+        }
         eprintln!(
             "{reached}/{viewers} viewers forwarding, {} on the fast path, {} on rtc's path",
             stats.fast_path_viewers, stats.rtc_path_viewers
@@ -92,15 +100,17 @@ fn bench(
             allocations += forward_one(&mut h, host, &mut buf);
         }
         let per_inbound = allocations as f64 / 200.0;
-        let baseline = *per_inbound_at_one.get_or_insert(per_inbound);
-        let per_forwarded = if reached > 1 {
-            (per_inbound - baseline) / (reached - 1) as f64
+        // The group's first (smallest) N is the baseline: what an inbound packet costs
+        // whatever the audience.
+        let (baseline, first) = *per_inbound_at_first.get_or_insert((per_inbound, reached));
+        let per_forwarded = if reached > first {
+            (per_inbound - baseline) / (reached - first) as f64
         } else {
             0.0
         };
         eprintln!(
             "allocations at N = {viewers}: {per_inbound:.2} per inbound packet, \
-             {per_forwarded:.4} per forwarded packet beyond the first"
+             {per_forwarded:.4} per forwarded packet beyond the first {first}"
         );
         group.throughput(Throughput::Elements(reached as u64));
         group.bench_function(format!("{viewers}_viewers"), |b| {
@@ -108,14 +118,8 @@ fn bench(
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let datagrams = h.next_host_video(host);
-                    let now = h.now;
                     let start = Instant::now();
-                    for d in datagrams {
-                        h.sfu.handle_datagram(now, d);
-                    }
-                    while let Some(t) = h.sfu.poll_transmit(&mut buf) {
-                        black_box((&t, &buf));
-                    }
+                    black_box(h.forward(datagrams, &mut buf));
                     total += start.elapsed();
                 }
                 total
@@ -127,11 +131,14 @@ fn bench(
 
 fn fanout(c: &mut Criterion) {
     // Viewers on AES-128-GCM (what `rtc` and Firefox prefer).
-    bench(c, "fanout", &VIEWERS, None);
+    bench(c, "fanout", 1, &VIEWERS, None);
+    // One room over two shards: the relay's cost on top of the fan-out.
+    bench(c, "fanout_two_shards", 2, &[2, 1000, 2000], None);
     // Viewers on AES-CM-HMAC-SHA1-80, which Chrome lists first (see docs/sfu.md).
     bench(
         c,
         "fanout_aes_cm_sha1_80",
+        1,
         &[1000],
         Some(vec![SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80]),
     );

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::peer_connection::transport::RTCIceCandidateInit;
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::load::{Ingress, LoadMeter, OVERLOAD_DEFERRED_HANDSHAKES};
 use crate::shard::{MAX_SHARDS, Shard};
 use crate::udp::{Batch, EgressPool, HOLD_LIMIT, MAX_DATAGRAM, SEND_BATCH, Sockets, read_socket};
-use crate::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
+use crate::{Datagram, PeerId, Relay, Role, RoomId, Sfu, SfuConfig, SfuError, SfuEvent, SfuStats};
 
 /// Commands queued to the driver. Sized for a join spike: 1024 pending signaling operations
 /// before callers wait (they are backpressured, not dropped).
@@ -27,6 +27,16 @@ pub const COMMAND_QUEUE: usize = 1024;
 /// stop reading and the kernel's socket buffer absorbs (or drops) the excess. What waits here
 /// too long is dropped by age anyway (`SfuConfig::max_ingress_delay`).
 pub const DATAGRAM_QUEUE: usize = 8192;
+/// Media packets another shard relayed to this one (one per packet of a track this shard has
+/// viewers of) but not yet handled. When full, the sending shard drops them (counted as
+/// dropped datagrams): this shard is behind, and the packets would arrive stale. Other
+/// relayed messages (catalogs, watches, keyframe requests) are rare and never dropped.
+pub const RELAY_QUEUE: usize = 8192;
+
+/// A viewer joins its room's home shard unless that shard holds more than this many peers
+/// above the least loaded one; then it joins the least loaded one, which mirrors the room.
+/// Small rooms stay whole on one shard (no relay cost); a large event spreads over all.
+pub const VIEWER_HOME_SLACK: usize = 16;
 
 /// A media socket and the address clients reach it at (its candidate).
 pub struct MediaSocket {
@@ -35,11 +45,21 @@ pub struct MediaSocket {
     pub advertised: SocketAddr,
 }
 
-/// Handle to a running SFU: its shards' command queues. Cheap to clone. A command goes to the
-/// shard of its room (a new peer) or of its peer (an id names its shard).
+/// Handle to a running SFU: its shards' command queues. Cheap to clone. A new host goes to
+/// its room's home shard, a new viewer to a shard chosen by load (see [`VIEWER_HOME_SLACK`]),
+/// and every later command to the shard of its peer (an id names its shard).
 #[derive(Clone)]
 pub struct SfuHandle {
     shards: Arc<[mpsc::Sender<Command>]>,
+    /// Peers placed on each shard by this handle and its clones, and not removed.
+    placed: Arc<[AtomicUsize]>,
+}
+
+/// Where a shard sends what it relays to another shard.
+#[derive(Clone)]
+struct RelayLink {
+    media: mpsc::Sender<(Instant, Relay)>,
+    control: mpsc::UnboundedSender<Relay>,
 }
 
 enum Command {
@@ -95,14 +115,16 @@ impl SfuHandle {
         role: Role,
         events: mpsc::Sender<SfuEvent>,
     ) -> Result<PeerId, SfuError> {
-        let shard = Shard::of_room(&room, self.shards.len());
-        self.call(shard, |reply| Command::AddPeer {
-            room,
-            role,
-            events,
-            reply,
-        })
-        .await?
+        let shard = self.place(&room, role);
+        let added = self
+            .call(shard, |reply| Command::AddPeer {
+                room,
+                role,
+                events,
+                reply,
+            })
+            .await;
+        self.placed(shard, added)
     }
 
     /// Adds a peer from a client's offer (WHIP, WHEP) and returns it with the answer; see
@@ -114,15 +136,17 @@ impl SfuHandle {
         offer: String,
         events: mpsc::Sender<SfuEvent>,
     ) -> Result<(PeerId, String), SfuError> {
-        let shard = Shard::of_room(&room, self.shards.len());
-        self.call(shard, |reply| Command::AddPeerWithOffer {
-            room,
-            role,
-            offer,
-            events,
-            reply,
-        })
-        .await?
+        let shard = self.place(&room, role);
+        let added = self
+            .call(shard, |reply| Command::AddPeerWithOffer {
+                room,
+                role,
+                offer,
+                events,
+                reply,
+            })
+            .await;
+        self.placed(shard, added)
     }
 
     /// Restarts ICE with the client's new credentials; see [`Sfu::restart_ice`].
@@ -173,9 +197,15 @@ impl SfuHandle {
     }
 
     pub async fn remove_peer(&self, peer: PeerId) {
-        let _ = self.shards[self.shard_of(peer)]
+        let shard = self.shard_of(peer);
+        if self.shards[shard]
             .send(Command::RemovePeer { peer })
-            .await;
+            .await
+            .is_ok()
+        {
+            let _ = self.placed[shard]
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        }
     }
 
     /// Every shard's counters together (see [`SfuStats::merge`]).
@@ -195,6 +225,43 @@ impl SfuHandle {
 
     fn shard_of(&self, peer: PeerId) -> usize {
         Shard::of_id(peer.0, self.shards.len())
+    }
+
+    /// The shard a new peer of `room` joins: a host its room's home; a viewer the home too
+    /// unless that shard holds [`VIEWER_HOME_SLACK`] more peers than the least loaded one.
+    /// Counted here, as peers are placed, so a burst of joins spreads before any shard has
+    /// handled them.
+    fn place(&self, room: &RoomId, role: Role) -> usize {
+        let home = Shard::of_room(room, self.shards.len());
+        let load = |shard: usize| self.placed[shard].load(Ordering::Relaxed);
+        let shard = match role {
+            Role::Publisher => home,
+            Role::Subscriber => {
+                let least = (0..self.shards.len())
+                    .min_by_key(|&s| load(s))
+                    .unwrap_or(home);
+                if load(home) <= load(least) + VIEWER_HOME_SLACK {
+                    home
+                } else {
+                    least
+                }
+            }
+        };
+        self.placed[shard].fetch_add(1, Ordering::Relaxed);
+        shard
+    }
+
+    /// Un-counts a placement that did not add a peer.
+    fn placed<T>(
+        &self,
+        shard: usize,
+        added: Result<Result<T, SfuError>, SfuError>,
+    ) -> Result<T, SfuError> {
+        let added = added.and_then(|added| added);
+        if added.is_err() {
+            self.placed[shard].fetch_sub(1, Ordering::Relaxed);
+        }
+        added
     }
 
     async fn call<T>(
@@ -233,6 +300,20 @@ pub fn run_driver(
         (0..count).map(|_| mpsc::channel(COMMAND_QUEUE)).unzip();
     let (datagrams, datagram_queues): (Vec<_>, Vec<_>) =
         (0..count).map(|_| mpsc::channel(DATAGRAM_QUEUE)).unzip();
+    let (relay_links, relay_queues): (Vec<_>, Vec<_>) = (0..count)
+        .map(|_| {
+            let (media, media_rx) = mpsc::channel(RELAY_QUEUE);
+            let (control, control_rx) = mpsc::unbounded_channel();
+            (
+                RelayLink { media, control },
+                RelayQueues {
+                    media: media_rx,
+                    control: control_rx,
+                },
+            )
+        })
+        .unzip();
+    let relay_links: Arc<[RelayLink]> = relay_links.into();
     let mut senders = HashMap::new();
     for s in sockets {
         // The send threads use a blocking-API handle to the same socket (one port).
@@ -255,10 +336,13 @@ pub fn run_driver(
         }
     }
     let sockets = Arc::new(Sockets::new(senders));
+    let certificate = crate::Certificate::generate();
     tracing::info!(gso = sockets.gso(), shards = count, "media egress");
-    for (index, (commands, datagrams)) in
-        command_queues.into_iter().zip(datagram_queues).enumerate()
-    {
+    let queues = command_queues
+        .into_iter()
+        .zip(datagram_queues)
+        .zip(relay_queues);
+    for (index, ((commands, datagrams), relays)) in queues.enumerate() {
         let config = SfuConfig {
             shard: Shard { index, count },
             ..config.clone()
@@ -277,19 +361,29 @@ pub fn run_driver(
             egress,
             ingress: Ingress::new(&config),
             load: LoadMeter::default(),
-            sfu: Sfu::new(config),
+            sfu: Sfu::with_certificate(config, certificate.clone()),
             peer_events: HashMap::new(),
             room_events: room_events.clone(),
+            relay_links: relay_links.clone(),
+            relays_dropped: 0,
+            relays_late: 0,
         };
         let mut stop = stop_rx.clone();
         let stopped = async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         };
-        tokio::spawn(driver.run(commands, datagrams, stopped));
+        tokio::spawn(driver.run(commands, datagrams, relays, stopped));
     }
     SfuHandle {
         shards: commands.into(),
+        placed: (0..count).map(|_| AtomicUsize::new(0)).collect(),
     }
+}
+
+/// What other shards relay to one shard.
+struct RelayQueues {
+    media: mpsc::Receiver<(Instant, Relay)>,
+    control: mpsc::UnboundedReceiver<Relay>,
 }
 
 struct Driver {
@@ -312,6 +406,12 @@ struct Driver {
     ingress: Ingress,
     /// How long datagrams wait for the driver (admission) and how busy it is (metrics).
     load: LoadMeter,
+    /// Every shard's relay queues, by index (this shard's own is never used).
+    relay_links: Arc<[RelayLink]>,
+    /// Relayed media packets the receiving shard had no room for (sender side), and those
+    /// that waited too long here (receiver side).
+    relays_dropped: u64,
+    relays_late: u64,
 }
 
 impl Driver {
@@ -319,6 +419,7 @@ impl Driver {
         mut self,
         mut commands: mpsc::Receiver<Command>,
         mut datagrams: mpsc::Receiver<(Instant, Datagram)>,
+        mut relays: RelayQueues,
         shutdown: impl Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
@@ -374,6 +475,25 @@ impl Driver {
                     // (idle moments can be rare) while forwarding keeps the first turn.
                     self.handle_deferred(now);
                 }
+                // Another shard's catalogs, watches and keyframe requests: rare, and what
+                // the media relayed next may depend on.
+                Some(relay) = relays.control.recv() => {
+                    let now = now();
+                    woke = Some(now);
+                    self.sfu.handle_relay(now, relay);
+                }
+                // Packets of rooms whose home is another shard: forwarding, like datagrams.
+                Some((sent, relay)) = relays.media.recv() => {
+                    let now = now();
+                    woke = Some(now);
+                    self.receive_relay(now, sent, relay);
+                    for _ in 0..64 {
+                        match relays.media.try_recv() {
+                            Ok((sent, relay)) => self.receive_relay(now, sent, relay),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 _ = sleep => {
                     let now = now();
                     woke = Some(now);
@@ -399,6 +519,18 @@ impl Driver {
         if let Some(datagram) = self.ingress.handle(now, received, datagram) {
             self.sfu.handle_datagram(now, datagram);
         }
+    }
+
+    /// One relayed media packet: to the core, or dropped if it waited longer than a
+    /// datagram may (see [`SfuConfig::max_ingress_delay`]).
+    fn receive_relay(&mut self, now: Instant, sent: Instant, relay: Relay) {
+        let waited = now.saturating_duration_since(sent);
+        self.load.record_wait(waited);
+        if waited > self.sfu.config().max_ingress_delay {
+            self.relays_late += 1;
+            return;
+        }
+        self.sfu.handle_relay(now, relay);
     }
 
     /// The next deferred handshake record still worth handling, if any.
@@ -481,8 +613,8 @@ impl Driver {
                 let core = self.sfu.stats();
                 let send_lost = self.egress.counters().dropped.load(Ordering::Relaxed);
                 let _ = reply.send(SfuStats {
-                    datagrams_late: ingress.late + ingress.deferred_overflow,
-                    datagrams_dropped: core.datagrams_dropped + send_lost,
+                    datagrams_late: ingress.late + ingress.deferred_overflow + self.relays_late,
+                    datagrams_dropped: core.datagrams_dropped + send_lost + self.relays_dropped,
                     busy_pct: (self.load.busy_fraction() * 100.0).round() as u64,
                     handshakes_waiting: self.ingress.deferred() as u64,
                     ..core
@@ -491,9 +623,25 @@ impl Driver {
         }
     }
 
-    /// Hands everything the core has to send to the send threads, in batches, and delivers
-    /// its events.
+    /// Hands everything the core has to send to the send threads, in batches, delivers its
+    /// events, and passes what it relays to other shards.
     fn flush(&mut self) {
+        // Relays first: the other shards seal their viewers' copies while this one seals
+        // its own.
+        let mut sent = None;
+        while let Some(relay) = self.sfu.poll_relay() {
+            let Some(link) = self.relay_links.get(relay.to) else {
+                continue;
+            };
+            if relay.is_media() {
+                let sent = *sent.get_or_insert_with(now);
+                if link.media.try_send((sent, relay)).is_err() {
+                    self.relays_dropped += 1;
+                }
+            } else {
+                let _ = link.control.send(relay);
+            }
+        }
         if self.hand_over_held() {
             self.send_queued();
         }

@@ -33,7 +33,7 @@ pub mod udp;
 pub use config::SfuConfig;
 pub use driver::{SfuHandle, run_driver};
 pub use ids::{PeerId, RoomId, TrackId};
-pub use sfu::{Datagram, Sfu, SfuEvent, Transmit, host_candidate};
+pub use sfu::{Certificate, Datagram, Relay, Sfu, SfuEvent, Transmit, host_candidate};
 
 /// A trickled ICE candidate, as `rtc` takes it.
 pub use rtc::peer_connection::transport::RTCIceCandidateInit as IceCandidateInit;

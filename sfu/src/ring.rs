@@ -64,9 +64,7 @@ impl SeqExtender {
     /// Extends `seq` relative to the highest seen; reordered packets extend backwards.
     pub fn extend(&mut self, seq: u16) -> u64 {
         let extended = self.peek(seq);
-        if self.highest.is_none_or(|h| extended > h) {
-            self.highest = Some(extended);
-        }
+        self.observe(extended);
         extended
     }
 
@@ -80,6 +78,14 @@ impl SeqExtender {
                 let delta = i64::from(seq.wrapping_sub(highest as u16) as i16);
                 (highest as i64 + delta) as u64
             }
+        }
+    }
+
+    /// Records an already extended number (a mirror learns its track's numbering from the
+    /// home shard's packets), so [`SeqExtender::peek`] extends as the home shard does.
+    pub fn observe(&mut self, extended: u64) {
+        if self.highest.is_none_or(|h| extended > h) {
+            self.highest = Some(extended);
         }
     }
 
@@ -126,5 +132,10 @@ mod tests {
         assert_eq!(ext.extend(65533), a - 1);
         assert_eq!(ext.highest(), Some(d));
         assert_eq!(ext.peek(2), d + 1);
+        // A mirror that observes the extended numbers extends NACKed ones the same way.
+        let mut mirror = SeqExtender::default();
+        mirror.observe(d);
+        assert_eq!(mirror.peek(2), d + 1);
+        assert_eq!(mirror.peek(65535), b);
     }
 }

@@ -68,6 +68,8 @@ mod feedback;
 /// The hot path: one inbound packet rewritten, stored and queued for every viewer, and the
 /// fast path that protects it at send time.
 mod forwarding;
+/// One room over several shards: track catalogs, relayed packets, keyframe requests.
+mod mirror;
 /// Peers, SDP and ICE: creating peer connections, offers and answers, subscriptions.
 mod negotiation;
 /// Track deadlines and the once-a-second sweep.
@@ -77,8 +79,10 @@ mod tracks;
 
 use feedback::HostClock;
 use forwarding::{FastPath, Outgoing, enqueue_writes};
+pub use mirror::Relay;
+use mirror::RelayBody;
+pub use negotiation::Certificate;
 pub use negotiation::host_candidate;
-use negotiation::shared_certificate;
 
 /// A datagram received on the media port.
 #[derive(Debug)]
@@ -135,13 +139,14 @@ pub struct Sfu {
     /// `poll_timeout` from scanning every track on each driver iteration.
     track_timers: BinaryHeap<Reverse<(Instant, TrackId)>>,
     events: VecDeque<SfuEvent>,
+    /// Messages for other shards (see [`Sfu::poll_relay`]).
+    relays: VecDeque<Relay>,
     stats: SfuStats,
     /// When connected peers are next checked for silence (see [`SfuConfig::peer_timeout`]).
     next_liveness_sweep: Option<Instant>,
-    /// The one DTLS certificate every peer presents, generated at start: one ECDSA key
-    /// generation and self-signing per process instead of per join (a join spike's cost).
-    /// `None` if generating it failed; `rtc` then makes one per peer.
-    certificate: Option<RTCCertificate>,
+    /// The one DTLS certificate every peer presents (see [`Certificate`]); `None` if
+    /// generating it failed, and `rtc` then makes one per peer.
+    certificate: Option<Certificate>,
 }
 
 /// How long after a host's first track its other tracks may still be starting (audio and
@@ -230,6 +235,9 @@ struct Room {
     publisher: Option<PeerId>,
     subscribers: Vec<PeerId>,
     tracks: Vec<TrackId>,
+    /// A mirrored room: what the home shard's last catalog said of its host's start (see
+    /// [`Sfu::host_starting_since`]).
+    starting_since: Option<Instant>,
 }
 
 struct Track {
@@ -249,15 +257,51 @@ struct Track {
     /// timestamp space: what viewers' sender reports are computed from, so audio and video
     /// keep the host's lip sync.
     clock: Option<HostClock>,
+    /// Home shard: the shards with viewers of this track, which are sent every packet.
+    mirrors: Vec<usize>,
 }
 
-struct Source {
-    peer: PeerId,
-    receiver: RTCRtpReceiverId,
-    ssrc: u32,
+/// What feeds a track.
+enum Source {
+    /// A host on this shard (the room's home).
+    Host {
+        peer: PeerId,
+        receiver: RTCRtpReceiverId,
+        ssrc: u32,
+    },
+    /// The room's home shard relays the packets of its track of the same id (a mirror).
+    Home,
+}
+
+impl Source {
+    /// Whether it is `peer`'s stream `ssrc` (a replaced source's stragglers are not).
+    fn is_host_stream(&self, peer: PeerId, ssrc: u32) -> bool {
+        matches!(self, Source::Host { peer: p, ssrc: s, .. } if *p == peer && *s == ssrc)
+    }
+
+    fn is_host(&self, peer: PeerId) -> bool {
+        matches!(self, Source::Host { peer: p, .. } if *p == peer)
+    }
 }
 
 impl Track {
+    fn new(room: RoomId, codec: Codec, source: Option<Source>, config: &SfuConfig) -> Self {
+        Self {
+            room,
+            codec,
+            source,
+            rewriter: SourceRewriter::default(),
+            ring: PacketRing::new(config.ring_capacity),
+            extender: SeqExtender::default(),
+            subscribers: Vec::new(),
+            last_keyframe_request: None,
+            keyframe_request_pending: false,
+            orphaned_at: None,
+            clock: None,
+            mirrors: Vec::new(),
+        }
+    }
+
     /// `[deferred keyframe request, orphan expiry]`, each when set.
     fn deadlines(&self, config: &SfuConfig) -> [Option<Instant>; 2] {
         let keyframe = self
@@ -270,7 +314,14 @@ impl Track {
 }
 
 impl Sfu {
+    /// A core with a certificate of its own.
     pub fn new(config: SfuConfig) -> Self {
+        Self::with_certificate(config, Certificate::generate())
+    }
+
+    /// A core whose peers present `certificate`: the shards of one node share one, so a
+    /// client sees the same fingerprint whichever shard it lands on.
+    pub fn with_certificate(config: SfuConfig, certificate: Option<Certificate>) -> Self {
         Self {
             config,
             next_id: 1,
@@ -284,9 +335,10 @@ impl Sfu {
             timers: BinaryHeap::new(),
             track_timers: BinaryHeap::new(),
             events: VecDeque::new(),
+            relays: VecDeque::new(),
             stats: SfuStats::default(),
             next_liveness_sweep: None,
-            certificate: shared_certificate(),
+            certificate,
         }
     }
 
@@ -302,10 +354,13 @@ impl Sfu {
                 .filter(|p| p.role == Role::Subscriber && f(&p.fast))
                 .count() as u64
         };
+        // Rooms and tracks are counted by their home shard only, so shards' stats add up.
         SfuStats {
-            rooms: self.rooms.len() as u64,
+            rooms: self.rooms.keys().filter(|r| self.is_home(r)).count() as u64,
             peers: self.peers.len() as u64,
-            tracks: self.tracks.len() as u64,
+            tracks: (self.tracks.keys())
+                .filter(|t| self.home_of(**t) == self.config.shard.index)
+                .count() as u64,
             fast_path_viewers: count(|f| matches!(f, FastPath::Active(_))),
             rtc_path_viewers: count(|f| matches!(f, FastPath::Unavailable)),
             ..self.stats.clone()
@@ -418,6 +473,9 @@ impl Sfu {
                     for sub in &p.subscriptions {
                         if let Some(track) = self.tracks.get_mut(&sub.track) {
                             track.subscribers.retain(|id| *id != peer);
+                            if track.subscribers.is_empty() {
+                                self.watch(sub.track, false);
+                            }
                         }
                     }
                 }

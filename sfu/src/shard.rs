@@ -1,10 +1,10 @@
 //! Forwarding shards on one UDP port: which shard owns a room, a peer, a datagram.
 //!
 //! The media plane runs as [`SfuConfig::workers`](crate::SfuConfig::workers) shards, each a
-//! sans-IO core with a driver of its own, owning a disjoint set of peers. A room lives whole
-//! on the shard its code hashes to (host and viewers), so a node with many rooms uses every
-//! core; one room's audience spread over several shards (a host packet handed to every shard
-//! with viewers) is the next step, see docs/sfu.md.
+//! sans-IO core with a driver of its own, owning a disjoint set of peers. A room's *home* is
+//! the shard its code hashes to: its host joins there and that shard owns its tracks. Viewers
+//! join the home shard too until it is busier than the others, then any shard, which mirrors
+//! the room's tracks from home (see `Relay` and docs/sfu.md).
 //!
 //! Nothing here is shared between shards. An id names its shard (`id % count`), the
 //! server's ICE ufrag starts with its shard's letter, and each socket reader keeps a

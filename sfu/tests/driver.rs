@@ -44,8 +44,10 @@ async fn a_driver_that_keeps_up_adds_peers_and_reports_its_load() {
     assert_eq!((stats.handshakes_waiting, stats.datagrams_late), (0, 0));
 }
 
-/// With two shards, rooms are placed by their code: each room's peers live on its shard (the
-/// id names it), and the handle's counters are every shard's together.
+/// With two shards, rooms are placed by their code: each small room's peers live on its home
+/// shard (the id names it), and the handle's counters are every shard's together. A room
+/// whose audience outgrows the slack spreads its viewers over both shards (the other one
+/// mirrors it), and the two stay within the slack of each other.
 #[tokio::test]
 async fn shards_own_whole_rooms_and_report_together() {
     let (handle, _stop) = driver(SfuConfig {
@@ -68,4 +70,29 @@ async fn shards_own_whole_rooms_and_report_together() {
     assert_eq!(shards_used.len(), 2, "rooms spread over both shards");
     let stats = handle.stats().await.unwrap();
     assert_eq!((stats.peers, stats.rooms), (24, 12));
+
+    let big = RoomId::new("BIG");
+    let home = sfu::shard::Shard::of_room(&big, 2);
+    let (events, _rx) = mpsc::channel(16);
+    let host = handle.add_peer(big.clone(), Role::Publisher, events).await;
+    assert_eq!(sfu::shard::Shard::of_id(host.unwrap().0, 2), home);
+    let mut per_shard = [0usize; 2];
+    for _ in 0..60 {
+        let (events, _rx) = mpsc::channel(16);
+        let viewer = handle.add_peer(big.clone(), Role::Subscriber, events).await;
+        per_shard[sfu::shard::Shard::of_id(viewer.unwrap().0, 2)] += 1;
+    }
+    // The small rooms put 12 peers on each shard; the big room's first viewers stay home.
+    let (home_peers, other_peers) = (12 + 1 + per_shard[home], 12 + per_shard[1 - home]);
+    assert!(per_shard[1 - home] > 0, "{per_shard:?}");
+    assert!(
+        home_peers.abs_diff(other_peers) <= sfu::driver::VIEWER_HOME_SLACK + 1,
+        "{home_peers} vs {other_peers}"
+    );
+    let stats = handle.stats().await.unwrap();
+    assert_eq!(
+        (stats.peers, stats.rooms),
+        (85, 13),
+        "the big room counted once"
+    );
 }

@@ -33,6 +33,10 @@ impl Server {
             // A load generator is one client IP opening hundreds of sessions: raise the
             // per-IP and per-connection limits as an operator would for a load test.
             limits: loadtest_limits(),
+            // Two forwarding shards whatever the machine: a room of more than
+            // `sfu::driver::VIEWER_HOME_SLACK` viewers then spans both (the second-wave
+            // test's 30 do), so the cross-shard relay is exercised with real peers.
+            workers: 2,
             ..ServerConfig::default()
         };
         let listener = TcpListener::bind(config.http).await.expect("bind http");

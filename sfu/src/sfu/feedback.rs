@@ -58,7 +58,19 @@ impl Sfu {
         };
         track.last_keyframe_request = Some(now);
         track.keyframe_request_pending = false;
-        let (host, receiver, ssrc) = (source.peer, source.receiver, source.ssrc);
+        let (host, receiver, ssrc) = match *source {
+            Source::Host {
+                peer,
+                receiver,
+                ssrc,
+            } => (peer, receiver, ssrc),
+            Source::Home => {
+                // A mirror: the home shard asks the host (and coalesces all shards' asks).
+                let home = self.home_of(track_id);
+                self.relay(home, RelayBody::KeyframeRequest { track: track_id });
+                return;
+            }
+        };
         let Some(p) = self.peers.get_mut(&host) else {
             return;
         };
@@ -80,6 +92,7 @@ impl Sfu {
         let Some(p) = self.peers.get(&peer) else {
             return;
         };
+        let mut relays = Vec::new();
         for id in p.sources.values() {
             let Some(track) = self.tracks.get_mut(id) else {
                 continue;
@@ -87,15 +100,20 @@ impl Sfu {
             if track
                 .source
                 .as_ref()
-                .is_some_and(|s| s.peer == peer && s.ssrc == sr.ssrc)
+                .is_some_and(|s| s.is_host_stream(peer, sr.ssrc))
                 && let Some(rtp) = track.rewriter.to_track_timestamp(sr.rtp_time)
             {
-                track.clock = Some(HostClock {
+                let clock = HostClock {
                     ntp: sr.ntp_time,
                     rtp,
                     at: now,
-                });
+                };
+                track.clock = Some(clock);
+                relays.extend(track.mirrors.iter().map(|&to| (to, *id, clock)));
             }
+        }
+        for (to, track, clock) in relays {
+            self.relay(to, RelayBody::Clock { track, clock });
         }
     }
 

@@ -21,7 +21,9 @@ impl Sfu {
         }
     }
 
-    /// Rewrites, stores and sends one packet; true if a connected viewer awaits a keyframe.
+    /// Rewrites, stores and sends one host packet (to this shard's viewers, and as the same
+    /// payload to every shard with viewers of the track); true if a connected viewer here
+    /// awaits a keyframe.
     pub(super) fn fan_out(
         &mut self,
         now: Instant,
@@ -29,25 +31,17 @@ impl Sfu {
         track_id: TrackId,
         packet: rtp::Packet,
     ) -> bool {
-        let Self {
-            tracks,
-            peers,
-            stats,
-            ready,
-            config,
-            ..
-        } = self;
-        let Some(track) = tracks.get_mut(&track_id) else {
+        let Some(track) = self.tracks.get_mut(&track_id) else {
             return false;
         };
-        if track
+        if !track
             .source
             .as_ref()
-            .is_none_or(|s| s.peer != from || s.ssrc != packet.header.ssrc)
+            .is_some_and(|s| s.is_host_stream(from, packet.header.ssrc))
         {
             return false; // a replaced source's stragglers after a switch
         }
-        stats.packets_in += 1;
+        self.stats.packets_in += 1;
         let clock_rate = track.codec.rtp.clock_rate;
         let Some((seq, timestamp)) = track.rewriter.rewrite(
             now,
@@ -66,6 +60,41 @@ impl Sfu {
             timestamp,
             marker: packet.header.marker,
             payload: packet.payload,
+        };
+        let from = self.config.shard.index;
+        for &to in &track.mirrors {
+            self.relays.push_back(Relay {
+                to,
+                from,
+                body: RelayBody::Media {
+                    track: track_id,
+                    packet: stored.clone(),
+                    keyframe,
+                },
+            });
+        }
+        self.deliver_packet(now, track_id, stored, keyframe)
+    }
+
+    /// Sends one stored packet to this shard's viewers of the track and keeps it in the
+    /// track's ring; true if a connected viewer awaits a keyframe.
+    pub(super) fn deliver_packet(
+        &mut self,
+        now: Instant,
+        track_id: TrackId,
+        stored: StoredPacket,
+        keyframe: bool,
+    ) -> bool {
+        let Self {
+            tracks,
+            peers,
+            stats,
+            ready,
+            config,
+            ..
+        } = self;
+        let Some(track) = tracks.get_mut(&track_id) else {
+            return false;
         };
         let mut awaiting = false;
         for viewer in &track.subscribers {

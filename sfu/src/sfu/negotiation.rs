@@ -14,17 +14,22 @@ impl Sfu {
     /// camera) stops counting after [`HOST_TRACKS_SETTLE`]. Tracks left by a host that has
     /// gone, or that is reconnecting, are watchable as they are: its new tracks rebind them.
     pub(super) fn watchable(&self, now: Instant, room: &RoomId) -> bool {
-        let Some(r) = self.rooms.get(room).filter(|r| !r.tracks.is_empty()) else {
-            return false;
-        };
-        let Some(host) = r.publisher.and_then(|id| self.peers.get(&id)) else {
-            return true;
-        };
-        let Some(first) = host.first_source_at else {
-            return true;
-        };
-        host.sources.len() >= host.pc.get_receivers().count()
-            || now.saturating_duration_since(first) >= HOST_TRACKS_SETTLE
+        self.rooms.get(room).is_some_and(|r| !r.tracks.is_empty())
+            && self
+                .host_starting_since(room)
+                .is_none_or(|first| now.saturating_duration_since(first) >= HOST_TRACKS_SETTLE)
+    }
+
+    /// When the room's host started its first track, while it has not started all of them
+    /// (see [`Sfu::watchable`]). A mirrored room has it from its home shard's catalog.
+    pub(super) fn host_starting_since(&self, room: &RoomId) -> Option<Instant> {
+        let r = self.rooms.get(room)?;
+        if !self.is_home(room) {
+            return r.starting_since;
+        }
+        let host = r.publisher.and_then(|id| self.peers.get(&id))?;
+        let first = host.first_source_at?;
+        (host.sources.len() < host.pc.get_receivers().count()).then_some(first)
     }
 
     pub(super) fn answer_viewer_offer(
@@ -142,7 +147,7 @@ impl Sfu {
             .build();
         let (engine, registry) = engine_for(role).map_err(SfuError::internal)?;
         let configuration = match &self.certificate {
-            Some(certificate) => {
+            Some(Certificate(certificate)) => {
                 RTCConfigurationBuilder::new().with_certificates(vec![certificate.clone()])
             }
             None => RTCConfigurationBuilder::new(),
@@ -325,6 +330,9 @@ impl Sfu {
             octets_sent: 0,
         });
         track.subscribers.push(viewer);
+        if track.subscribers.len() == 1 {
+            self.watch(track_id, true);
+        }
         Ok(())
     }
 
@@ -350,23 +358,35 @@ impl Sfu {
 /// The DTLS certificate all peers share (ECDSA P-256, as `rtc` makes per peer by default; its
 /// validity runs to rcgen's default far-future date, so it never expires under a running
 /// server).
-pub(super) fn shared_certificate() -> Option<RTCCertificate> {
-    let generate = || -> Result<RTCCertificate, String> {
-        let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
-        let params =
-            CertificateParams::new(vec!["marquee".to_owned()]).map_err(|e| e.to_string())?;
-        RTCCertificate::generate(
-            provider.crypto(),
-            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
-            params,
-        )
-        .map_err(|e| e.to_string())
-    };
-    generate()
-        .inspect_err(|err| {
-            tracing::warn!(%err, "no shared DTLS certificate: each peer will generate its own")
-        })
-        .ok()
+/// The DTLS certificate every peer of a node presents (ECDSA P-256, as `rtc` makes per peer
+/// by default; its validity runs to rcgen's default far-future date, so it never expires
+/// under a running server). Generated once at start and shared by every shard: one key
+/// generation and self-signing per process instead of per join (a join spike's cost).
+#[derive(Clone)]
+pub struct Certificate(pub(super) RTCCertificate);
+
+impl Certificate {
+    /// A new key pair and self-signed certificate; `None` (logged) if that failed, and then
+    /// `rtc` makes one per peer.
+    pub fn generate() -> Option<Self> {
+        let generate = || -> Result<RTCCertificate, String> {
+            let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
+            let params =
+                CertificateParams::new(vec!["marquee".to_owned()]).map_err(|e| e.to_string())?;
+            RTCCertificate::generate(
+                provider.crypto(),
+                rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+                params,
+            )
+            .map_err(|e| e.to_string())
+        };
+        generate()
+            .inspect_err(|err| {
+                tracing::warn!(%err, "no shared DTLS certificate: each peer will generate its own")
+            })
+            .ok()
+            .map(Self)
+    }
 }
 
 /// A UDP host candidate for `addr`, as `rtc` takes local candidates.

@@ -22,7 +22,7 @@ impl Sfu {
             return;
         };
         let room_id = p.room.clone();
-        let source = Source {
+        let source = Source::Host {
             peer,
             receiver: init.receiver_id,
             ssrc: init.ssrc,
@@ -44,30 +44,8 @@ impl Sfu {
             None => {
                 let id = TrackId(self.config.shard.id(self.next_id));
                 self.next_id += 1;
-                room.tracks.push(id);
-                self.tracks.insert(
-                    id,
-                    Track {
-                        room: room_id.clone(),
-                        codec,
-                        source: Some(source),
-                        rewriter: SourceRewriter::default(),
-                        ring: PacketRing::new(self.config.ring_capacity),
-                        extender: SeqExtender::default(),
-                        subscribers: Vec::new(),
-                        last_keyframe_request: None,
-                        keyframe_request_pending: false,
-                        orphaned_at: None,
-                        clock: None,
-                    },
-                );
-                let viewers = room.subscribers.clone();
-                for viewer in viewers {
-                    if self.subscribe(viewer, id).is_ok() {
-                        let _ = self.renegotiate(now, viewer);
-                        self.flush_peer(viewer);
-                    }
-                }
+                let track = Track::new(room_id.clone(), codec, Some(source), &self.config);
+                self.add_room_track(now, id, track);
                 id
             }
         };
@@ -80,6 +58,20 @@ impl Sfu {
             self.request_keyframe(now, track_id);
         }
         self.emit_tracks(&room_id);
+    }
+
+    /// Adds a track to its room and offers it to the room's viewers here (renegotiating).
+    pub(super) fn add_room_track(&mut self, now: Instant, id: TrackId, track: Track) {
+        let room = self.rooms.entry(track.room.clone()).or_default();
+        room.tracks.push(id);
+        let viewers = room.subscribers.clone();
+        self.tracks.insert(id, track);
+        for viewer in viewers {
+            if self.subscribe(viewer, id).is_ok() {
+                let _ = self.renegotiate(now, viewer);
+                self.flush_peer(viewer);
+            }
+        }
     }
 
     pub(super) fn on_source_closed(&mut self, now: Instant, peer: PeerId, track_id: &str) {
@@ -115,7 +107,7 @@ impl Sfu {
         let mut changed = false;
         for id in ids {
             if let Some(track) = self.tracks.get_mut(&id)
-                && track.source.as_ref().is_some_and(|s| s.peer == peer)
+                && track.source.as_ref().is_some_and(|s| s.is_host(peer))
             {
                 track.source = None;
                 track.orphaned_at = Some(now);
@@ -151,12 +143,18 @@ impl Sfu {
         self.remove_room_if_empty(&track.room);
     }
 
+    /// Tells signaling (and the other shards) the room's tracks, if this is the room's home:
+    /// a mirror's tracks only follow the home shard's.
     pub(super) fn emit_tracks(&mut self, room: &RoomId) {
+        if !self.is_home(room) {
+            return;
+        }
         let tracks = self.tracks(room);
         self.events.push_back(SfuEvent::Tracks {
             room: room.clone(),
             tracks,
         });
+        self.publish_catalog(room);
     }
 
     pub(super) fn remove_room_if_empty(&mut self, room: &RoomId) {

@@ -62,7 +62,13 @@ pub struct Client {
 pub struct Harness {
     /// The video codec hosts publish: `video/VP8` (default) or `video/H264`.
     pub video_mime: &'static str,
+    /// The core hosts join: with several shards ([`Harness::sharded`]), the home shard of
+    /// the room `"room"`.
     pub sfu: Sfu,
+    /// The other shards' cores, if any; their relays are routed in memory.
+    pub others: Vec<Sfu>,
+    /// Media packets relayed between shards so far.
+    pub media_relayed: usize,
     pub now: Instant,
     pub clients: Vec<Client>,
     pub server: SocketAddr,
@@ -82,6 +88,8 @@ impl Harness {
                 candidates: vec![server],
                 ..config
             }),
+            others: Vec::new(),
+            media_relayed: 0,
             now: Instant::now(),
             clients: Vec::new(),
             server,
@@ -89,6 +97,44 @@ impl Harness {
             client_srtp_profiles: None,
             next_seq: 2,
         }
+    }
+
+    /// `count` shard cores, as `run_driver` makes them: `sfu` is the home shard of the room
+    /// `"room"` (where its host joins), `others` the rest.
+    pub fn sharded(config: SfuConfig, count: usize) -> Self {
+        let home = sfu::shard::Shard::of_room(&RoomId::new("room"), count);
+        let shard = |index| sfu::shard::Shard { index, count };
+        let mut h = Self::new(config.clone());
+        // One certificate for every shard, as `run_driver` does.
+        let certificate = sfu::Certificate::generate();
+        let server = h.server;
+        let mut cores: Vec<Sfu> = (0..count)
+            .map(|index| {
+                let config = SfuConfig {
+                    shard: shard(index),
+                    candidates: vec![server],
+                    ..config.clone()
+                };
+                Sfu::with_certificate(config, certificate.clone())
+            })
+            .collect();
+        h.sfu = cores.remove(home);
+        h.others = cores;
+        h
+    }
+
+    /// The core of shard `index`.
+    pub fn core(&mut self, index: usize) -> &mut Sfu {
+        std::iter::once(&mut self.sfu)
+            .chain(self.others.iter_mut())
+            .find(|core| core.config().shard.index == index)
+            .expect("no such shard")
+    }
+
+    /// The core that holds `peer` (an id names its shard).
+    fn core_of(&mut self, peer: PeerId) -> &mut Sfu {
+        let count = self.sfu.config().shard.count;
+        self.core(sfu::shard::Shard::of_id(peer.0, count))
     }
 
     pub fn client_pc(&self, addr: SocketAddr) -> RTCPeerConnection {
@@ -180,28 +226,40 @@ impl Harness {
     }
 
     pub fn add_viewer(&mut self, room: &str) -> usize {
+        let home = self.sfu.config().shard.index;
+        self.add_viewer_on(room, home)
+    }
+
+    /// A viewer that joins on shard `shard` (see [`Harness::sharded`]).
+    pub fn add_viewer_on(&mut self, room: &str, shard: usize) -> usize {
         let addr: SocketAddr = format!("127.0.0.3:{}", 5000 + self.clients.len())
             .parse()
             .unwrap();
         let pc = self.client_pc(addr);
+        let now = self.now;
         let peer = self
-            .sfu
-            .add_peer(self.now, &RoomId::new(room), Role::Subscriber)
+            .core(shard)
+            .add_peer(now, &RoomId::new(room), Role::Subscriber)
             .unwrap();
         self.clients.push(Client::new(pc, addr, peer));
         self.clients.len() - 1
     }
 
     /// A room whose host sends video and `viewers` viewers that all connected and receive it
-    /// (checked by counting one probe packet's copies; a viewer starts at a keyframe).
-    /// Returns the host and the number of viewers forwarding: at N ≥ 1000 an in-memory
-    /// viewer or two may not finish its handshake. For the benchmarks.
+    /// (checked by counting one probe packet's copies; a viewer starts at a keyframe), spread
+    /// round-robin over every shard's core. Returns the host and the number of viewers
+    /// forwarding: at N ≥ 1000 an in-memory viewer or two may not finish its handshake. For
+    /// the benchmarks.
     pub fn fanout_room(&mut self, viewers: usize) -> (usize, usize) {
         let host = self.add_host("room");
         self.run_for(Duration::from_millis(500));
         self.send_frame(host, 1, true, Duration::from_millis(100));
-        for _ in 0..viewers {
-            self.add_viewer("room");
+        let shards: Vec<usize> = std::iter::once(&self.sfu)
+            .chain(&self.others)
+            .map(|core| core.config().shard.index)
+            .collect();
+        for i in 0..viewers {
+            self.add_viewer_on("room", shards[i % shards.len()]);
         }
         let mut reached = 0;
         let mut buf = Vec::with_capacity(1500);
@@ -209,13 +267,14 @@ impl Harness {
             self.run_for(Duration::from_millis(500));
             let seq = self.next_seq;
             self.send_frame(host, seq, true, Duration::from_millis(100));
-            let now = self.now;
-            for d in self.host_video_datagrams(host, seq + 1) {
-                self.sfu.handle_datagram(now, d);
-            }
+            let datagrams = self.host_video_datagrams(host, seq + 1);
             self.next_seq = seq + 2;
-            reached = std::iter::from_fn(|| self.sfu.poll_transmit(&mut buf)).count();
-            if reached >= viewers && self.sfu.stats().fast_path_viewers as usize >= viewers {
+            reached = self.forward(datagrams, &mut buf);
+            let fast: u64 = std::iter::once(&self.sfu)
+                .chain(&self.others)
+                .map(|core| core.stats().fast_path_viewers)
+                .sum();
+            if reached >= viewers && fast as usize >= viewers {
                 break;
             }
         }
@@ -226,6 +285,27 @@ impl Harness {
         (host, reached)
     }
 
+    /// Hands the host's datagrams to the home core, its relays to the other cores, and writes
+    /// every core's datagrams into `buf` one after the other (not delivered); returns how
+    /// many. Allocation-free once queues have their capacity: the benchmarks' measured step.
+    pub fn forward(&mut self, datagrams: Vec<Datagram>, buf: &mut Vec<u8>) -> usize {
+        let now = self.now;
+        for d in datagrams {
+            self.sfu.handle_datagram(now, d);
+        }
+        while let Some(relay) = self.sfu.poll_relay() {
+            self.core(relay.to).handle_relay(now, relay);
+        }
+        let mut sent = 0;
+        for core in std::iter::once(&mut self.sfu).chain(self.others.iter_mut()) {
+            while let Some(t) = core.poll_transmit(buf) {
+                std::hint::black_box((&t, &*buf));
+                sent += 1;
+            }
+        }
+        sent
+    }
+
     /// The host's next video packet as datagrams for the SFU (the benchmarks' input).
     pub fn next_host_video(&mut self, host: usize) -> Vec<Datagram> {
         let seq = self.next_seq;
@@ -233,64 +313,25 @@ impl Harness {
         self.host_video_datagrams(host, seq)
     }
 
-    /// Moves datagrams and events until nothing is in flight, then stops (time unchanged).
+    /// Moves datagrams, events and relays between shards until nothing is in flight, then
+    /// stops (time unchanged).
     pub fn pump(&mut self) {
         loop {
             let mut moved = false;
-            let mut buf = Vec::with_capacity(1500);
-            while let Some(t) = self.sfu.poll_transmit(&mut buf) {
-                let payload = BytesMut::from(&buf[..]);
-                moved = true;
-                let Some(c) = self
-                    .clients
-                    .iter_mut()
-                    .find(|c| c.addr == t.remote && !c.silent)
-                else {
-                    continue;
-                };
-                if let Some(seq) = c.drop_seq
-                    && rtp_seq(&payload) == Some(seq)
-                {
-                    c.drop_seq = None;
-                    c.dropped.push(seq);
-                    continue;
-                }
-                let _ = c.pc.handle_read(TaggedBytesMut {
-                    now: self.now,
-                    transport: TransportContext {
-                        local_addr: c.addr,
-                        peer_addr: t.local,
-                        ecn: None,
-                        transport_protocol: TransportProtocol::UDP,
-                    },
-                    message: payload,
-                });
+            let now = self.now;
+            let cores = std::iter::once(&mut self.sfu).chain(self.others.iter_mut());
+            let mut relays = Vec::new();
+            for core in cores {
+                moved |= deliver_transmits(core, &mut self.clients, now);
+                moved |= handle_events(core, &mut self.clients, now);
+                relays.extend(std::iter::from_fn(|| core.poll_relay()));
             }
-            while let Some(event) = self.sfu.poll_event() {
+            for relay in relays {
                 moved = true;
-                if let SfuEvent::Connection { peer, state } = event
-                    && let Some(c) = self.clients.iter_mut().find(|c| c.sfu_peer == peer)
-                {
-                    c.states.push(state);
-                }
-                if let SfuEvent::Offer { peer, sdp } = event {
-                    let c = self
-                        .clients
-                        .iter_mut()
-                        .find(|c| c.sfu_peer == peer)
-                        .unwrap();
-                    c.offers += 1;
-                    c.pc.set_remote_description(
-                        self.now,
-                        RTCSessionDescription::offer(sdp).unwrap(),
-                    )
-                    .unwrap();
-                    let answer = c.pc.create_answer(None).unwrap();
-                    c.pc.set_local_description(self.now, answer).unwrap();
-                    let sdp = c.pc.local_description().unwrap().sdp;
-                    self.sfu.handle_answer(self.now, peer, &sdp).unwrap();
-                }
+                self.media_relayed += usize::from(relay.is_media());
+                self.core(relay.to).handle_relay(now, relay);
             }
+            let mut datagrams = Vec::new();
             for c in self.clients.iter_mut().filter(|c| !c.silent) {
                 while c.pc.poll_event().is_some() {}
                 while let Some(TaggedRTCMessage { message, .. }) = c.pc.poll_read() {
@@ -316,16 +357,17 @@ impl Harness {
                     }
                 }
                 while let Some(out) = c.pc.poll_write() {
-                    moved = true;
-                    self.sfu.handle_datagram(
-                        self.now,
-                        Datagram {
-                            local: self.server,
-                            remote: c.addr,
-                            payload: out.message,
-                        },
-                    );
+                    let datagram = Datagram {
+                        local: self.server,
+                        remote: c.addr,
+                        payload: out.message,
+                    };
+                    datagrams.push((c.sfu_peer, datagram));
                 }
+            }
+            for (peer, datagram) in datagrams {
+                moved = true;
+                self.core_of(peer).handle_datagram(now, datagram);
             }
             if !moved {
                 return;
@@ -343,11 +385,16 @@ impl Harness {
                 .iter_mut()
                 .filter_map(|c| c.pc.poll_timeout())
                 .chain(self.sfu.poll_timeout())
+                .chain(
+                    self.others
+                        .iter_mut()
+                        .filter_map(|core| core.poll_timeout()),
+                )
                 .min();
             match next {
                 Some(at) if at <= end => {
                     self.now = self.now.max(at);
-                    self.sfu.handle_timeout(self.now);
+                    self.handle_timeouts();
                     for c in &mut self.clients {
                         if c.pc.poll_timeout().is_some_and(|t| t <= self.now) {
                             let _ = c.pc.handle_timeout(self.now);
@@ -356,11 +403,19 @@ impl Harness {
                 }
                 _ => {
                     self.now = end;
-                    self.sfu.handle_timeout(self.now);
+                    self.handle_timeouts();
                     self.pump();
                     return;
                 }
             }
+        }
+    }
+
+    fn handle_timeouts(&mut self) {
+        let now = self.now;
+        self.sfu.handle_timeout(now);
+        for core in &mut self.others {
+            core.handle_timeout(now);
         }
     }
 
@@ -407,6 +462,16 @@ impl Harness {
     /// A WHEP-style viewer: its receive-only offer (audio + video) is answered by
     /// `Sfu::add_peer_with_offer`; the SFU's refusal is returned as is.
     pub fn add_offering_viewer(&mut self, room: &str) -> Result<usize, sfu::SfuError> {
+        let home = self.sfu.config().shard.index;
+        self.add_offering_viewer_on(room, home)
+    }
+
+    /// A WHEP-style viewer that joins on shard `shard` (see [`Harness::sharded`]).
+    pub fn add_offering_viewer_on(
+        &mut self,
+        room: &str,
+        shard: usize,
+    ) -> Result<usize, sfu::SfuError> {
         let addr: SocketAddr = format!("127.0.0.4:{}", 5000 + self.clients.len())
             .parse()
             .unwrap();
@@ -425,9 +490,13 @@ impl Harness {
         let offer = pc.create_offer(None).unwrap();
         pc.set_local_description(self.now, offer).unwrap();
         let sdp = pc.local_description().unwrap().sdp;
-        let (peer, answer) =
-            self.sfu
-                .add_peer_with_offer(self.now, &RoomId::new(room), Role::Subscriber, &sdp)?;
+        let now = self.now;
+        let (peer, answer) = self.core(shard).add_peer_with_offer(
+            now,
+            &RoomId::new(room),
+            Role::Subscriber,
+            &sdp,
+        )?;
         pc.set_remote_description(self.now, RTCSessionDescription::answer(answer).unwrap())
             .unwrap();
         self.clients.push(Client::new(pc, addr, peer));
@@ -463,6 +532,61 @@ impl Harness {
         }
         out
     }
+}
+
+/// Delivers a core's datagrams to the clients they are for; whether any moved.
+fn deliver_transmits(core: &mut Sfu, clients: &mut [Client], now: Instant) -> bool {
+    let mut moved = false;
+    let mut buf = Vec::with_capacity(1500);
+    while let Some(t) = core.poll_transmit(&mut buf) {
+        let payload = BytesMut::from(&buf[..]);
+        moved = true;
+        let Some(c) = clients.iter_mut().find(|c| c.addr == t.remote && !c.silent) else {
+            continue;
+        };
+        if let Some(seq) = c.drop_seq
+            && rtp_seq(&payload) == Some(seq)
+        {
+            c.drop_seq = None;
+            c.dropped.push(seq);
+            continue;
+        }
+        let _ = c.pc.handle_read(TaggedBytesMut {
+            now,
+            transport: TransportContext {
+                local_addr: c.addr,
+                peer_addr: t.local,
+                ecn: None,
+                transport_protocol: TransportProtocol::UDP,
+            },
+            message: payload,
+        });
+    }
+    moved
+}
+
+/// Records a core's connection states and answers its offers; whether any event came.
+fn handle_events(core: &mut Sfu, clients: &mut [Client], now: Instant) -> bool {
+    let mut moved = false;
+    while let Some(event) = core.poll_event() {
+        moved = true;
+        if let SfuEvent::Connection { peer, state } = event
+            && let Some(c) = clients.iter_mut().find(|c| c.sfu_peer == peer)
+        {
+            c.states.push(state);
+        }
+        if let SfuEvent::Offer { peer, sdp } = event {
+            let c = clients.iter_mut().find(|c| c.sfu_peer == peer).unwrap();
+            c.offers += 1;
+            c.pc.set_remote_description(now, RTCSessionDescription::offer(sdp).unwrap())
+                .unwrap();
+            let answer = c.pc.create_answer(None).unwrap();
+            c.pc.set_local_description(now, answer).unwrap();
+            let sdp = c.pc.local_description().unwrap().sdp;
+            core.handle_answer(now, peer, &sdp).unwrap();
+        }
+    }
+    moved
 }
 
 impl Client {
