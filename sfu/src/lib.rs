@@ -2,10 +2,12 @@
 //!
 //! - [`Sfu`]: the sans-IO core (rooms, peers, tracks; `handle_*` in, `poll_*` out), in parts:
 //!   negotiation, forwarding (the hot path and its SRTP fast path), tracks, feedback (RTCP),
-//!   timers. Its data plane is described in `docs/sfu.md`.
-//! - [`driver`]: the one async task that owns the UDP socket(s) and the clock, and the
-//!   [`SfuHandle`] other tasks use to talk to it; [`udp`]: its batched I/O (`recvmmsg`,
-//!   `sendmmsg`).
+//!   timers, mirror (one room over several shards, through [`Relay`]s). Its data plane is
+//!   described in `docs/sfu.md`.
+//! - [`driver`]: one async task per shard that owns a core and the clock, the socket readers
+//!   that route datagrams to shards, and the [`SfuHandle`] other tasks use to talk to them;
+//!   [`shard`]: which shard owns a room, a peer, a datagram; [`udp`]: batched I/O
+//!   (`recvmmsg`, `sendmmsg`).
 //! - Building blocks, each unit-tested on its own: [`demux`] (routing datagrams on the shared
 //!   port), [`ring`] (the per-track packet store), [`rewrite`] (continuous numbering across
 //!   source changes), [`keyframe`] (keyframe detection), [`codecs`] (what peers negotiate),
