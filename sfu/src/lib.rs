@@ -163,7 +163,7 @@ impl SfuStats {
 /// Why an SFU operation failed. Each variant is a distinct failure a caller may report.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum SfuError {
-    #[error("no such peer")]
+    #[error("the media session has ended (no such peer)")]
     UnknownPeer,
     #[error("not allowed: {0}")]
     WrongRole(&'static str),
@@ -175,9 +175,9 @@ pub enum SfuError {
     CandidateBeforeDescription,
     #[error("invalid candidate: {0}")]
     InvalidCandidate(String),
-    #[error("the room has no tracks to watch yet")]
+    #[error("the room is not live yet (no tracks, or its host is still starting them); retry")]
     NothingToWatch,
-    #[error("the SFU is not running")]
+    #[error("the media server is shutting down")]
     Stopped,
     /// The media plane is falling behind (see `SfuConfig::overload_ingress_wait`) or has a
     /// backlog of handshakes; new peers are refused so current viewers keep quality.
@@ -188,6 +188,24 @@ pub enum SfuError {
 }
 
 impl SfuError {
+    /// The stable wire code clients branch on: the one map from SFU failures to codes, for
+    /// the WebSocket and for WHIP/WHEP (which derives its HTTP status from the code).
+    pub fn code(&self) -> marquee_protocol::wire::ErrorCode {
+        use marquee_protocol::wire::ErrorCode;
+        match self {
+            SfuError::UnknownPeer => ErrorCode::UnknownSession,
+            SfuError::WrongRole(_) => ErrorCode::NotAllowed,
+            SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
+            SfuError::NoOfferPending => ErrorCode::NoOfferPending,
+            SfuError::CandidateBeforeDescription => ErrorCode::CandidateBeforeOffer,
+            SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
+            SfuError::NothingToWatch => ErrorCode::RoomNotLive,
+            SfuError::Stopped => ErrorCode::ShuttingDown,
+            SfuError::Overloaded => ErrorCode::Full,
+            SfuError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
     fn invalid_sdp(err: impl std::fmt::Display) -> Self {
         SfuError::InvalidSdp(err.to_string())
     }

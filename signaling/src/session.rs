@@ -369,7 +369,17 @@ impl Session {
                 self.leave_party(true).await;
                 Ok(vec![])
             }
-            party_message => self.handle_party(party_message).await,
+            // Listed, not a catch-all: a new message type must be routed somewhere (a
+            // compile error here), never reach a handler that does not know it.
+            party_message @ (ClientMessage::PartyJoin { .. }
+            | ClientMessage::Playback { .. }
+            | ClientMessage::SetControl { .. }
+            | ClientMessage::Chat { .. }
+            | ClientMessage::React { .. }
+            | ClientMessage::Typing { .. }
+            | ClientMessage::Camera { .. }
+            | ClientMessage::SyncReport { .. }
+            | ClientMessage::TimeProbe { .. }) => self.handle_party(party_message).await,
         }
     }
 
@@ -539,18 +549,7 @@ fn clean_name(name: &str) -> String {
 }
 
 fn sfu_failure(err: SfuError) -> Failure {
-    let code = match &err {
-        SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
-        SfuError::NoOfferPending => ErrorCode::NoOfferPending,
-        SfuError::CandidateBeforeDescription => ErrorCode::CandidateBeforeOffer,
-        SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
-        SfuError::WrongRole(_) => ErrorCode::NotAllowed,
-        SfuError::Stopped => ErrorCode::ShuttingDown,
-        SfuError::Overloaded => ErrorCode::Full,
-        SfuError::NothingToWatch => ErrorCode::RoomNotLive,
-        SfuError::UnknownPeer | SfuError::Internal(_) => ErrorCode::Internal,
-    };
-    (code, err.to_string())
+    (err.code(), err.to_string())
 }
 
 fn candidate_init(c: IceCandidate) -> sfu::IceCandidateInit {

@@ -263,48 +263,24 @@ fn refusal_error(refusal: Refusal) -> HttpError {
     }
 }
 
+/// An SFU failure as HTTP: the code is [`SfuError::code`] (the WebSocket's too), the status
+/// follows from it.
 fn sfu_error(err: SfuError) -> HttpError {
-    match err {
-        SfuError::InvalidSdp(_) => HttpError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidSdp,
-            err.to_string(),
-        ),
-        SfuError::InvalidCandidate(_) | SfuError::CandidateBeforeDescription => HttpError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidCandidate,
-            err.to_string(),
-        ),
-        SfuError::NothingToWatch => HttpError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::RoomNotLive,
-            "the room is not live yet (no tracks, or its host is still starting them); retry",
-        ),
-        SfuError::WrongRole(_) | SfuError::NoOfferPending => {
-            HttpError::new(StatusCode::CONFLICT, ErrorCode::NotAllowed, err.to_string())
+    let code = err.code();
+    let (status, retry_after) = match code {
+        ErrorCode::InvalidSdp | ErrorCode::InvalidCandidate | ErrorCode::CandidateBeforeOffer => {
+            (StatusCode::BAD_REQUEST, None)
         }
-        SfuError::Stopped => HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ShuttingDown,
-            "the server is shutting down",
-        )
-        .retry_after(10),
-        SfuError::Overloaded => HttpError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Full,
-            err.to_string(),
-        )
-        .retry_after(2),
-        SfuError::UnknownPeer => HttpError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::UnknownSession,
-            "the session has ended",
-        ),
-        SfuError::Internal(_) => HttpError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            err.to_string(),
-        ),
+        ErrorCode::RoomNotLive | ErrorCode::UnknownSession => (StatusCode::NOT_FOUND, None),
+        ErrorCode::NotAllowed | ErrorCode::NoOfferPending => (StatusCode::CONFLICT, None),
+        ErrorCode::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Some(10)),
+        ErrorCode::Full => (StatusCode::SERVICE_UNAVAILABLE, Some(2)),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
+    };
+    let error = HttpError::new(status, code, err.to_string());
+    match retry_after {
+        Some(secs) => error.retry_after(secs),
+        None => error,
     }
 }
 

@@ -172,7 +172,12 @@ impl Session {
                 t1: self.received_ms,
                 t2: wall_clock::now_ms(),
             }]),
-            _ => unreachable!("only party messages are routed here"),
+            // `Session::handle` routes only the party messages here (an exhaustive list, so
+            // a new message type cannot slip in); an error, not a panic, if that changes.
+            _ => Err((
+                ErrorCode::Internal,
+                "this message is not a party message".into(),
+            )),
         }
     }
 
