@@ -162,47 +162,7 @@ fn nacked_packets_are_retransmitted_from_the_ring() {
 #[test]
 fn host_reconnect_is_seamless_for_viewers() {
     let (mut h, host, viewers) = connected_room(1);
-    let v = viewers[0];
-    for seq in 2..=20u16 {
-        h.send_frame(host, seq, seq == 2, FRAME);
-    }
-    let offers_before = h.clients[v].offers;
-    let (ssrc_before, video) = h.clients[v].video();
-    let last_before = video.last().unwrap().0;
-    let sfu_peer = h.clients[host].sfu_peer;
-    h.sfu.remove_peer(h.now, sfu_peer);
-    h.run_for(Duration::from_millis(300));
-    // The host comes back with a new connection and new SSRCs, numbering from scratch.
-    let host2 = h.add_host("room");
-    h.run_for(Duration::from_millis(500));
-    for seq in 5000..5030u16 {
-        h.send_frame(host2, seq, seq == 5000, FRAME);
-    }
-    h.run_for(Duration::from_millis(300));
-    let c = &h.clients[v];
-    assert_eq!(c.offers, offers_before, "no renegotiation for the viewer");
-    let (ssrc_after, video) = c.video();
-    assert_eq!(ssrc_after, ssrc_before, "same SSRC");
-    let resumed = video
-        .iter()
-        .position(|(s, _, _)| *s == last_before)
-        .unwrap()
-        + 1;
-    assert!(
-        video.len() > resumed + 10,
-        "video resumed after the reconnect"
-    );
-    for pair in video[resumed - 1..].windows(2) {
-        assert_eq!(
-            pair[1].0,
-            pair[0].0.wrapping_add(1),
-            "sequence continues across the switch"
-        );
-        assert!(
-            pair[1].1 > pair[0].1,
-            "timestamps move forward across the switch"
-        );
-    }
+    h.reconnect_host_seamlessly(host, viewers[0], |_| {});
 }
 
 #[test]
@@ -315,32 +275,8 @@ fn h264_is_forwarded_from_an_idr_on() {
 #[test]
 fn offering_viewers_are_answered_once_all_the_hosts_tracks_have_started() {
     let mut h = Harness::new(SfuConfig::default());
-    let room = RoomId::new("room");
-    let host = h.add_host("room");
-    h.run_for(Duration::from_millis(500));
-    assert!(matches!(
-        h.add_offering_viewer("room"),
-        Err(SfuError::NothingToWatch)
-    ));
-    // The host's audio starts first: one of its two tracks.
-    h.write_audio(host, 1);
-    h.run_for(Duration::from_millis(20));
-    assert_eq!(h.sfu.tracks(&room).len(), 1);
-    assert!(
-        matches!(h.add_offering_viewer("room"), Err(SfuError::NothingToWatch)),
-        "answered with audio only, the viewer would never get the video"
-    );
-    h.write_video(host, 1, true);
-    h.run_for(Duration::from_millis(20));
-    assert_eq!(h.sfu.tracks(&room).len(), 2);
-    let v = h.add_offering_viewer("room").expect("both tracks live");
-    h.run_for(Duration::from_millis(500));
-    for seq in 2..=30u16 {
-        h.send_frame(host, seq, seq == 2, FRAME);
-    }
-    let c = &h.clients[v];
-    assert!(c.video().1.len() > 10, "video: {}", c.video().1.len());
-    assert!(c.audio().1.len() > 10, "audio: {}", c.audio().1.len());
+    let home = h.sfu.config().shard.index;
+    h.offering_viewer_waits_for_all_tracks(home);
 }
 
 /// A host section that never starts (a muted camera, a codec it cannot send) holds WHEP

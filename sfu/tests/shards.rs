@@ -11,7 +11,7 @@ use harness::*;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use sfu::{RoomId, SfuConfig, SfuError, SfuStats};
+use sfu::{RoomId, SfuConfig, SfuStats};
 
 const FRAME: Duration = Duration::from_millis(33);
 
@@ -161,38 +161,12 @@ fn mirrored_viewers_get_retransmissions_keyframes_and_sender_reports() {
 fn a_host_reconnect_and_the_tracks_end_reach_mirrored_viewers() {
     let (mut h, host, _, away, other) = split_room(0, 1);
     let v = away[0];
-    for seq in 2..=20u16 {
-        h.send_frame(host, seq, seq == 2, FRAME);
-    }
     let offers_before = h.clients[v].offers;
-    let (ssrc_before, video) = h.clients[v].video();
-    let last_before = video.last().unwrap().0;
-    let host_peer = h.clients[host].sfu_peer;
-    h.sfu.remove_peer(h.now, host_peer);
-    h.run_for(Duration::from_millis(300));
     let room = RoomId::new("room");
-    assert!(h.core(other).tracks(&room).iter().all(|t| !t.active));
     // Back with new SSRCs and numbering: the mirrored viewer sees one continuous stream.
-    let host2 = h.add_host("room");
-    h.run_for(Duration::from_millis(500));
-    for seq in 5000..5030u16 {
-        h.send_frame(host2, seq, seq == 5000, FRAME);
-    }
-    h.run_for(Duration::from_millis(300));
-    let c = &h.clients[v];
-    assert_eq!(c.offers, offers_before, "no renegotiation");
-    let (ssrc_after, video) = c.video();
-    assert_eq!(ssrc_after, ssrc_before);
-    let resumed = video
-        .iter()
-        .position(|(s, _, _)| *s == last_before)
-        .unwrap();
-    assert!(video.len() > resumed + 10, "video resumed");
-    assert!(
-        video[resumed..]
-            .windows(2)
-            .all(|p| p[1].0 == p[0].0.wrapping_add(1))
-    );
+    let host2 = h.reconnect_host_seamlessly(host, v, |h| {
+        assert!(h.core(other).tracks(&room).iter().all(|t| !t.active));
+    });
 
     // The host leaves for good: after the grace the mirror drops the tracks too, and the
     // viewer is renegotiated (no track left to watch).
@@ -204,35 +178,13 @@ fn a_host_reconnect_and_the_tracks_end_reach_mirrored_viewers() {
     assert!(h.clients[v].offers > offers_before);
 }
 
+/// The mirror answers from the home shard's catalog, which says whether the host is still
+/// starting its tracks.
 #[test]
 fn an_offering_viewer_on_another_shard_is_answered_from_the_catalog() {
     let mut h = Harness::sharded(SfuConfig::default(), 2);
     let other = h.others[0].config().shard.index;
-    let host = h.add_host("room");
-    h.run_for(Duration::from_millis(500));
-    assert!(matches!(
-        h.add_offering_viewer_on("room", other),
-        Err(SfuError::NothingToWatch)
-    ));
-    // Audio only so far: the mirror knows the host is still starting its tracks.
-    h.write_audio(host, 1);
-    h.run_for(Duration::from_millis(20));
-    assert!(matches!(
-        h.add_offering_viewer_on("room", other),
-        Err(SfuError::NothingToWatch)
-    ));
-    h.write_video(host, 1, true);
-    h.run_for(Duration::from_millis(20));
-    let v = h
-        .add_offering_viewer_on("room", other)
-        .expect("both tracks live");
-    h.run_for(Duration::from_millis(500));
-    for seq in 2..=30u16 {
-        h.send_frame(host, seq, seq == 2, FRAME);
-    }
-    let c = &h.clients[v];
-    assert!(c.video().1.len() > 10, "video: {}", c.video().1.len());
-    assert!(c.audio().1.len() > 10, "audio: {}", c.audio().1.len());
+    h.offering_viewer_waits_for_all_tracks(other);
 }
 
 #[test]

@@ -505,6 +505,91 @@ impl Harness {
 }
 
 impl Harness {
+    /// The host of `"room"` drops its connection and comes back with a new one, new SSRCs
+    /// and numbering from scratch; `viewer` must see one stream: no renegotiation, the same
+    /// SSRC, sequence numbers and timestamps continuing across the switch. `while_away` runs
+    /// while the host is gone. Returns the new host. Shared by the one-core and two-shard
+    /// tests.
+    pub fn reconnect_host_seamlessly(
+        &mut self,
+        host: usize,
+        viewer: usize,
+        while_away: impl FnOnce(&mut Harness),
+    ) -> usize {
+        let frame = Duration::from_millis(33);
+        for seq in 2..=20u16 {
+            self.send_frame(host, seq, seq == 2, frame);
+        }
+        let offers_before = self.clients[viewer].offers;
+        let (ssrc_before, video) = self.clients[viewer].video();
+        let last_before = video.last().unwrap().0;
+        let sfu_peer = self.clients[host].sfu_peer;
+        self.sfu.remove_peer(self.now, sfu_peer);
+        self.run_for(Duration::from_millis(300));
+        while_away(self);
+        let host2 = self.add_host("room");
+        self.run_for(Duration::from_millis(500));
+        for seq in 5000..5030u16 {
+            self.send_frame(host2, seq, seq == 5000, frame);
+        }
+        self.run_for(Duration::from_millis(300));
+        let c = &self.clients[viewer];
+        assert_eq!(c.offers, offers_before, "no renegotiation for the viewer");
+        let (ssrc_after, video) = c.video();
+        assert_eq!(ssrc_after, ssrc_before, "same SSRC");
+        let resumed = video
+            .iter()
+            .position(|(s, _, _)| *s == last_before)
+            .unwrap()
+            + 1;
+        assert!(
+            video.len() > resumed + 10,
+            "video resumed after the reconnect"
+        );
+        for pair in video[resumed - 1..].windows(2) {
+            assert_eq!(pair[1].0, pair[0].0.wrapping_add(1), "sequence continues");
+            assert!(pair[1].1 > pair[0].1, "timestamps move forward");
+        }
+        host2
+    }
+
+    /// A WHEP-style viewer joining on shard `shard` is refused while the host of `"room"`
+    /// is still starting its tracks (audio before video), answered once both have started,
+    /// and then receives both. Shared by the one-core and the two-shard tests.
+    pub fn offering_viewer_waits_for_all_tracks(&mut self, shard: usize) {
+        let room = RoomId::new("room");
+        let host = self.add_host("room");
+        self.run_for(Duration::from_millis(500));
+        assert!(matches!(
+            self.add_offering_viewer_on("room", shard),
+            Err(sfu::SfuError::NothingToWatch)
+        ));
+        // The host's audio starts first: one of its two tracks.
+        self.write_audio(host, 1);
+        self.run_for(Duration::from_millis(20));
+        assert_eq!(self.sfu.tracks(&room).len(), 1);
+        assert!(
+            matches!(
+                self.add_offering_viewer_on("room", shard),
+                Err(sfu::SfuError::NothingToWatch)
+            ),
+            "answered with audio only, the viewer would never get the video"
+        );
+        self.write_video(host, 1, true);
+        self.run_for(Duration::from_millis(20));
+        assert_eq!(self.sfu.tracks(&room).len(), 2);
+        let v = self
+            .add_offering_viewer_on("room", shard)
+            .expect("both tracks live");
+        self.run_for(Duration::from_millis(500));
+        for seq in 2..=30u16 {
+            self.send_frame(host, seq, seq == 2, Duration::from_millis(33));
+        }
+        let c = &self.clients[v];
+        assert!(c.video().1.len() > 10, "video: {}", c.video().1.len());
+        assert!(c.audio().1.len() > 10, "audio: {}", c.audio().1.len());
+    }
+
     /// The host's encrypted datagram(s) for one video packet, taken off its wire instead of
     /// delivered, so a benchmark can time only what the SFU does with them.
     pub fn host_video_datagrams(&mut self, host: usize, seq: u16) -> Vec<Datagram> {
