@@ -233,29 +233,18 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// The stable machine-readable code (protocol error codes, WHIP/WHEP error bodies).
-    pub fn code(&self) -> &'static str {
+    /// The stable wire code (protocol error codes, WHIP/WHEP error bodies; the HTTP status
+    /// follows from it in the server's error map).
+    pub fn code(&self) -> crate::wire::ErrorCode {
+        use crate::wire::ErrorCode;
         match self {
-            AuthError::Missing => "token_missing",
-            AuthError::Malformed(_) => "token_malformed",
-            AuthError::BadSignature => "token_invalid_signature",
-            AuthError::Expired { .. } => "token_expired",
-            AuthError::NotYetValid => "token_not_yet_valid",
-            AuthError::WrongRoom { .. } => "token_wrong_room",
-            AuthError::MissingGrant(_) => "grant_missing",
-        }
-    }
-
-    /// The HTTP status: 401 when we do not know who the caller is (no usable token), 403
-    /// when we do but they may not do this (RFC 9110 §15.5.2, §15.5.4).
-    pub fn http_status(&self) -> u16 {
-        match self {
-            AuthError::Missing
-            | AuthError::Malformed(_)
-            | AuthError::BadSignature
-            | AuthError::Expired { .. }
-            | AuthError::NotYetValid => 401,
-            AuthError::WrongRoom { .. } | AuthError::MissingGrant(_) => 403,
+            AuthError::Missing => ErrorCode::TokenMissing,
+            AuthError::Malformed(_) => ErrorCode::TokenMalformed,
+            AuthError::BadSignature => ErrorCode::TokenInvalidSignature,
+            AuthError::Expired { .. } => ErrorCode::TokenExpired,
+            AuthError::NotYetValid => ErrorCode::TokenNotYetValid,
+            AuthError::WrongRoom { .. } => ErrorCode::TokenWrongRoom,
+            AuthError::MissingGrant(_) => ErrorCode::GrantMissing,
         }
     }
 }
@@ -462,6 +451,7 @@ fn utc_timestamp(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::ErrorCode;
 
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-marquee";
     const NOW: u64 = 1_767_225_600; // 2026-01-01T00:00:00Z
@@ -538,8 +528,7 @@ mod tests {
         assert!(key().verify(&token, exp + LEEWAY_SECS).is_ok());
         let err = key().verify(&token, exp + LEEWAY_SECS + 1).unwrap_err();
         assert_eq!(err, AuthError::Expired { expired_at: exp });
-        assert_eq!(err.code(), "token_expired");
-        assert_eq!(err.http_status(), 401);
+        assert_eq!(err.code(), ErrorCode::TokenExpired);
         assert_eq!(
             err.to_string(),
             "the access token expired at 2026-01-01T01:00:00Z (unix time 1767229200)"
@@ -554,7 +543,7 @@ mod tests {
         c.iat = NOW + LEEWAY_SECS + 1;
         let err = key().verify(&key().mint(&c), NOW).unwrap_err();
         assert_eq!(err, AuthError::NotYetValid);
-        assert_eq!(err.code(), "token_not_yet_valid");
+        assert_eq!(err.code(), ErrorCode::TokenNotYetValid);
     }
 
     #[test]
@@ -562,8 +551,7 @@ mod tests {
         let other = TokenKey::new(&[7u8; 32]).unwrap();
         let err = key().verify(&other.mint(&claims()), NOW).unwrap_err();
         assert_eq!(err, AuthError::BadSignature);
-        assert_eq!(err.code(), "token_invalid_signature");
-        assert_eq!(err.http_status(), 401);
+        assert_eq!(err.code(), ErrorCode::TokenInvalidSignature);
     }
 
     #[test]
@@ -595,7 +583,7 @@ mod tests {
             format!("{header}.{payload}.c2lnbmF0dXJl"),
         ] {
             let err = key().verify(&token, NOW).unwrap_err();
-            assert_eq!(err.code(), "token_malformed", "{token}");
+            assert_eq!(err.code(), ErrorCode::TokenMalformed, "{token}");
             assert!(err.to_string().contains("only HS256"), "{err}");
         }
         // Case games with the name do not help either.
@@ -629,8 +617,7 @@ mod tests {
             (over_long.as_str(), "at most 4096"),
         ] {
             let err = key().verify(token, NOW).unwrap_err();
-            assert_eq!(err.code(), "token_malformed", "{token:.40}");
-            assert_eq!(err.http_status(), 401);
+            assert_eq!(err.code(), ErrorCode::TokenMalformed, "{token:.40}");
             assert!(err.to_string().contains(why), "{token:.40}: {err}");
         }
     }
@@ -645,7 +632,7 @@ mod tests {
         ] {
             let token = sign_json(&payload, Algorithm::HS256);
             let err = key().verify(&token, NOW).unwrap_err();
-            assert_eq!(err.code(), "token_malformed", "{payload}: {err}");
+            assert_eq!(err.code(), ErrorCode::TokenMalformed, "{payload}: {err}");
         }
     }
 
@@ -666,12 +653,10 @@ mod tests {
                 room: "WXYZ".into()
             }
         );
-        assert_eq!(wrong_room.code(), "token_wrong_room");
-        assert_eq!(wrong_room.http_status(), 403);
+        assert_eq!(wrong_room.code(), ErrorCode::TokenWrongRoom);
         let missing = c.authorize("ABCD", Grant::Moderate).unwrap_err();
         assert_eq!(missing, AuthError::MissingGrant(Grant::Moderate));
-        assert_eq!(missing.code(), "grant_missing");
-        assert_eq!(missing.http_status(), 403);
+        assert_eq!(missing.code(), ErrorCode::GrantMissing);
         assert_eq!(
             missing.to_string(),
             "this access token does not grant `moderate`"
@@ -720,8 +705,7 @@ mod tests {
             access.check(Some(""), "ABCD", Grant::Publish, NOW),
             Err(AuthError::Missing)
         );
-        assert_eq!(AuthError::Missing.code(), "token_missing");
-        assert_eq!(AuthError::Missing.http_status(), 401);
+        assert_eq!(AuthError::Missing.code(), ErrorCode::TokenMissing);
         let token = key().mint(&claims());
         let id = access
             .check(Some(&token), "abcd", Grant::Publish, NOW)

@@ -188,24 +188,6 @@ pub enum SfuError {
 }
 
 impl SfuError {
-    /// The stable wire code clients branch on: the one map from SFU failures to codes, for
-    /// the WebSocket and for WHIP/WHEP (which derives its HTTP status from the code).
-    pub fn code(&self) -> marquee_protocol::wire::ErrorCode {
-        use marquee_protocol::wire::ErrorCode;
-        match self {
-            SfuError::UnknownPeer => ErrorCode::UnknownSession,
-            SfuError::WrongRole(_) => ErrorCode::NotAllowed,
-            SfuError::InvalidSdp(_) => ErrorCode::InvalidSdp,
-            SfuError::NoOfferPending => ErrorCode::NoOfferPending,
-            SfuError::CandidateBeforeDescription => ErrorCode::CandidateBeforeOffer,
-            SfuError::InvalidCandidate(_) => ErrorCode::InvalidCandidate,
-            SfuError::NothingToWatch => ErrorCode::RoomNotLive,
-            SfuError::Stopped => ErrorCode::ShuttingDown,
-            SfuError::Overloaded => ErrorCode::Full,
-            SfuError::Internal(_) => ErrorCode::Internal,
-        }
-    }
-
     fn invalid_sdp(err: impl std::fmt::Display) -> Self {
         SfuError::InvalidSdp(err.to_string())
     }

@@ -15,6 +15,7 @@
 
 pub use marquee_protocol::auth;
 pub mod config;
+mod errors;
 mod join_trace;
 pub mod limits;
 mod media;

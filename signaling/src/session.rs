@@ -5,13 +5,14 @@ use std::fmt;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
-use sfu::{ConnectionState, PeerId, SfuError, SfuEvent};
+use sfu::{ConnectionState, PeerId, SfuEvent};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::{Grant, Grants};
+use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
 use crate::limits::Limiter;
 use crate::protocol::{
@@ -239,7 +240,7 @@ impl Session {
         let op_id = message.op_id().map(str::to_owned);
         match self.handle(message).await {
             Ok(replies) => replies,
-            Err((code, message)) => {
+            Err(Failure { code, message }) => {
                 if code == ErrorCode::SyncUnavailable {
                     self.state.metrics.redis_error();
                 }
@@ -280,7 +281,7 @@ impl Session {
                         Ok(replies)
                     }
                     Err(failure) => {
-                        trace.refused(&self.state.metrics, failure.0);
+                        trace.refused(&self.state.metrics, failure.code);
                         Err(failure)
                     }
                 }
@@ -288,7 +289,7 @@ impl Session {
             ClientMessage::Offer { sdp } => {
                 let membership = self.membership()?;
                 if membership.role != Role::Host {
-                    return Err((
+                    return Err(Failure::new(
                         ErrorCode::NotAllowed,
                         "viewers do not send offers; answer the server's offer".into(),
                     ));
@@ -308,7 +309,7 @@ impl Session {
                             )
                             .instrument(stage(Stage::SfuPeer))
                             .await
-                            .map_err(sfu_failure)?;
+                            .map_err(Failure::from)?;
                         if let Some(m) = &mut self.membership {
                             m.peer = Some(peer);
                         }
@@ -321,7 +322,7 @@ impl Session {
                     .offer(peer, sdp)
                     .instrument(stage(Stage::Negotiate))
                     .await
-                    .map_err(sfu_failure)?;
+                    .map_err(Failure::from)?;
                 if let Some(trace) = &mut self.join_trace {
                     trace.negotiated();
                 }
@@ -330,19 +331,19 @@ impl Session {
             ClientMessage::Answer { sdp } => {
                 let membership = self.membership()?;
                 if membership.role != Role::Viewer {
-                    return Err((
+                    return Err(Failure::new(
                         ErrorCode::NotAllowed,
                         "the server never sends a host an offer".into(),
                     ));
                 }
-                let peer = membership
-                    .peer
-                    .ok_or((ErrorCode::NoOfferPending, "no offer was sent".to_owned()))?;
+                let peer = membership.peer.ok_or_else(|| {
+                    Failure::new(ErrorCode::NoOfferPending, "no offer was sent".to_owned())
+                })?;
                 self.state
                     .sfu
                     .answer(peer, sdp)
                     .await
-                    .map_err(sfu_failure)?;
+                    .map_err(Failure::from)?;
                 if let Some(trace) = &mut self.join_trace {
                     trace.negotiated();
                 }
@@ -350,20 +351,25 @@ impl Session {
             }
             ClientMessage::Candidate { candidate } => {
                 let membership = self.membership()?;
-                let peer = membership.peer.ok_or((
-                    ErrorCode::CandidateBeforeOffer,
-                    "send the offer (or answer) before candidates".to_owned(),
-                ))?;
+                let peer = membership.peer.ok_or_else(|| {
+                    Failure::new(
+                        ErrorCode::CandidateBeforeOffer,
+                        "send the offer (or answer) before candidates".to_owned(),
+                    )
+                })?;
                 self.state
                     .sfu
                     .candidate(peer, candidate_init(candidate))
                     .await
-                    .map_err(sfu_failure)?;
+                    .map_err(Failure::from)?;
                 Ok(vec![])
             }
             ClientMessage::Leave {} => {
                 if self.membership.is_none() && self.party.is_none() {
-                    return Err((ErrorCode::NotJoined, "not in a room or party".into()));
+                    return Err(Failure::new(
+                        ErrorCode::NotJoined,
+                        "not in a room or party".into(),
+                    ));
                 }
                 self.leave_room().await;
                 self.leave_party(true).await;
@@ -395,13 +401,13 @@ impl Session {
         trace: &JoinTrace,
     ) -> Result<Vec<ServerMessage>, Failure> {
         if version != PROTOCOL_VERSION {
-            return Err((
+            return Err(Failure::new(
                 ErrorCode::UnsupportedVersion,
                 format!("this server speaks protocol version {PROTOCOL_VERSION}"),
             ));
         }
         if self.membership.is_some() {
-            return Err((
+            return Err(Failure::new(
                 ErrorCode::AlreadyJoined,
                 "already in a room; send leave first".into(),
             ));
@@ -415,9 +421,7 @@ impl Session {
             // A host without a room asks for a fresh code: only a token for any room (`*`)
             // may do that.
             let room_code = match &room {
-                Some(code) => {
-                    crate::rooms::normalize_code(code).map_err(|r| (r.code, r.message))?
-                }
+                Some(code) => crate::rooms::normalize_code(code).map_err(Failure::from)?,
                 None => String::new(),
             };
             self.authorize(token.as_deref(), &room_code, grant)?
@@ -438,7 +442,7 @@ impl Session {
             })
             .instrument(trace.stage(Stage::Admit))
             .await
-            .map_err(|r| (r.code, r.message))?;
+            .map_err(Failure::from)?;
         let mut membership = Membership {
             room: grant.room.clone(),
             role,
@@ -461,7 +465,7 @@ impl Session {
                 Ok(peer) => membership.peer = Some(peer),
                 Err(err) => {
                     self.state.rooms.leave(self.id, grant.room).await;
-                    return Err(sfu_failure(err));
+                    return Err(Failure::from(err));
                 }
             }
         }
@@ -493,7 +497,7 @@ impl Session {
         self.state
             .access
             .check(token, room, grant, wall_clock::now_unix_secs())
-            .map_err(|err| (crate::whip::auth_code(&err), err.to_string()))
+            .map_err(|err| Failure::from(&err))
     }
 
     fn handle_sfu_event(&mut self, event: SfuEvent) -> Vec<ServerMessage> {
@@ -524,7 +528,7 @@ impl Session {
     fn membership(&self) -> Result<&Membership, Failure> {
         self.membership
             .as_ref()
-            .ok_or((ErrorCode::NotJoined, "send join first".to_owned()))
+            .ok_or_else(|| Failure::new(ErrorCode::NotJoined, "send join first".to_owned()))
     }
 
     /// Leaves the room and drops the media peer, if any.
@@ -540,16 +544,9 @@ impl Session {
     }
 }
 
-/// An error to report to the client.
-type Failure = (ErrorCode, String);
-
 /// A display name: trimmed, at most [`MAX_NAME_CHARS`] characters.
 fn clean_name(name: &str) -> String {
     name.trim().chars().take(MAX_NAME_CHARS).collect()
-}
-
-fn sfu_failure(err: SfuError) -> Failure {
-    (err.code(), err.to_string())
 }
 
 fn candidate_init(c: IceCandidate) -> sfu::IceCandidateInit {

@@ -24,16 +24,17 @@ use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use sfu::{ConnectionState, PeerId, SfuError, SfuEvent};
+use sfu::{ConnectionState, PeerId, SfuEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::{AuthError, Grant, Identity};
+use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
 use crate::protocol::{ErrorCode, Role};
-use crate::rooms::{JoinRequest, Refusal, normalize_code, random_code};
+use crate::rooms::{JoinRequest, normalize_code, random_code};
 use crate::session::{Outbox, SessionEvent, SessionId};
 use crate::telemetry::JoinKind;
 use crate::wall_clock;
@@ -210,8 +211,20 @@ impl HttpError {
     }
 
     pub(crate) fn auth(err: &AuthError) -> Self {
-        let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::UNAUTHORIZED);
-        Self::new(status, auth_code(err), err.to_string())
+        Failure::from(err).into()
+    }
+}
+
+/// A core failure answered over HTTP: the code and message the WebSocket would send, the
+/// status (and `Retry-After`) the one error map derives from the code.
+impl From<Failure> for HttpError {
+    fn from(failure: Failure) -> Self {
+        let (status, retry_after) = crate::errors::http_status(failure.code);
+        let error = HttpError::new(status, failure.code, failure.message);
+        match retry_after {
+            Some(secs) => error.retry_after(secs),
+            None => error,
+        }
     }
 }
 
@@ -230,57 +243,6 @@ impl IntoResponse for HttpError {
             );
         }
         response
-    }
-}
-
-/// The protocol code for a token failure.
-pub(crate) fn auth_code(err: &AuthError) -> ErrorCode {
-    match err {
-        AuthError::Missing => ErrorCode::TokenMissing,
-        AuthError::Malformed(_) => ErrorCode::TokenMalformed,
-        AuthError::BadSignature => ErrorCode::TokenInvalidSignature,
-        AuthError::Expired { .. } => ErrorCode::TokenExpired,
-        AuthError::NotYetValid => ErrorCode::TokenNotYetValid,
-        AuthError::WrongRoom { .. } => ErrorCode::TokenWrongRoom,
-        AuthError::MissingGrant(_) => ErrorCode::GrantMissing,
-    }
-}
-
-/// The HTTP status for a refused room join.
-fn refusal_error(refusal: Refusal) -> HttpError {
-    let status = match refusal.code {
-        ErrorCode::RoomNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::HostAlreadyPresent => StatusCode::CONFLICT,
-        ErrorCode::InvalidRoom => StatusCode::BAD_REQUEST,
-        ErrorCode::Full | ErrorCode::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let error = HttpError::new(status, refusal.code, refusal.message);
-    if status == StatusCode::SERVICE_UNAVAILABLE {
-        error.retry_after(10)
-    } else {
-        error
-    }
-}
-
-/// An SFU failure as HTTP: the code is [`SfuError::code`] (the WebSocket's too), the status
-/// follows from it.
-fn sfu_error(err: SfuError) -> HttpError {
-    let code = err.code();
-    let (status, retry_after) = match code {
-        ErrorCode::InvalidSdp | ErrorCode::InvalidCandidate | ErrorCode::CandidateBeforeOffer => {
-            (StatusCode::BAD_REQUEST, None)
-        }
-        ErrorCode::RoomNotLive | ErrorCode::UnknownSession => (StatusCode::NOT_FOUND, None),
-        ErrorCode::NotAllowed | ErrorCode::NoOfferPending => (StatusCode::CONFLICT, None),
-        ErrorCode::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, Some(10)),
-        ErrorCode::Full => (StatusCode::SERVICE_UNAVAILABLE, Some(2)),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, None),
-    };
-    let error = HttpError::new(status, code, err.to_string());
-    match retry_after {
-        Some(secs) => error.retry_after(secs),
-        None => error,
     }
 }
 
@@ -328,7 +290,7 @@ fn body_text(body: Result<Bytes, BytesRejection>, code: ErrorCode) -> Result<Str
 }
 
 fn room_code(room: &str) -> Result<String, HttpError> {
-    normalize_code(room).map_err(refusal_error)
+    normalize_code(room).map_err(|refusal| HttpError::from(Failure::from(refusal)))
 }
 
 /// Per-IP request budget for WHIP/WHEP (floods of POSTs are the expensive part: each one
@@ -480,7 +442,7 @@ async fn create_session(
         })
         .instrument(trace.stage(Stage::Admit))
         .await
-        .map_err(refusal_error)?;
+        .map_err(|refusal| HttpError::from(Failure::from(refusal)))?;
     let (sfu_tx, sfu_rx) = mpsc::channel(crate::session::SFU_EVENTS_CAPACITY);
     let role = match kind {
         Kind::Whip => sfu::Role::Publisher,
@@ -496,7 +458,7 @@ async fn create_session(
         Ok(added) => added,
         Err(err) => {
             state.rooms.leave(session, grant.room).await;
-            return Err(sfu_error(err));
+            return Err(Failure::from(err).into());
         }
     };
     trace.negotiated();
@@ -661,7 +623,7 @@ async fn patch(
             .sfu
             .restart_ice(resource.peer, ufrag.clone(), pwd)
             .await
-            .map_err(sfu_error)?;
+            .map_err(|err| HttpError::from(Failure::from(err)))?;
         let etag = random_code(16);
         state.resources.update(&id, |r| {
             r.etag = etag.clone();
@@ -697,7 +659,7 @@ async fn patch(
                 },
             )
             .await
-            .map_err(sfu_error)?;
+            .map_err(|err| HttpError::from(Failure::from(err)))?;
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -851,7 +813,7 @@ mod tests {
     /// An overloaded media plane is `503 full` with a short `Retry-After`, like a full node.
     #[test]
     fn an_overloaded_sfu_is_503_full_with_retry_after() {
-        let e = sfu_error(SfuError::Overloaded);
+        let e = HttpError::from(Failure::from(sfu::SfuError::Overloaded));
         assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code, ErrorCode::Full);
         assert_eq!(e.retry_after, Some(2));

@@ -101,25 +101,6 @@ pub enum PartyError {
     InvalidReport,
 }
 
-impl PartyError {
-    /// The stable, machine-readable code clients branch on.
-    pub fn code(&self) -> &'static str {
-        match self {
-            PartyError::PermissionDenied(_) => "permission_denied",
-            PartyError::StaleVersion { .. } => "stale_version",
-            PartyError::InvalidPosition { .. } => "invalid_position",
-            PartyError::InvalidRate => "invalid_rate",
-            PartyError::InvalidUrl => "invalid_url",
-            PartyError::NothingLoaded => "nothing_loaded",
-            PartyError::ChatTooLong { .. } => "chat_too_long",
-            PartyError::InvalidReaction { .. } => "invalid_reaction",
-            PartyError::RateLimited { .. } => "rate_limited",
-            PartyError::NotMember => "not_member",
-            PartyError::InvalidReport => "invalid_report",
-        }
-    }
-}
-
 /// A state change for the store to compare-and-set: it applies only if the stored state is
 /// still at `expected_version`.
 #[derive(Debug, Clone, PartialEq)]

@@ -8,8 +8,9 @@ use sync::{
 
 use tracing::Instrument;
 
-use super::{Failure, Session};
+use super::Session;
 use crate::auth::Grant;
+use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
 use crate::parties::{Delivery, Entry, classify};
 use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PartyLimits, ServerMessage};
@@ -60,7 +61,7 @@ impl Session {
                 // one takes a token for it with `subscribe`. The grants then decide the rest.
                 let (room, grant) = match &party {
                     Some(code) => (
-                        normalize_code(code).map_err(|r| (r.code, r.message))?,
+                        normalize_code(code).map_err(Failure::from)?,
                         Grant::Subscribe,
                     ),
                     None => (String::new(), Grant::Moderate),
@@ -77,7 +78,7 @@ impl Session {
                         trace.negotiated();
                         trace.connected(&self.state.metrics);
                     }
-                    Err((code, _)) => trace.refused(&self.state.metrics, *code),
+                    Err(Failure { code, .. }) => trace.refused(&self.state.metrics, *code),
                 }
                 joined
             }
@@ -144,7 +145,7 @@ impl Session {
             } => {
                 let (party, member) = self.party_ids()?;
                 if at.is_some_and(|a| !a.is_finite()) {
-                    return Err(party_failure(PartyError::InvalidReport));
+                    return Err(Failure::from(PartyError::InvalidReport));
                 }
                 let report = SyncReport {
                     status,
@@ -174,7 +175,7 @@ impl Session {
             }]),
             // `Session::handle` routes only the party messages here (an exhaustive list, so
             // a new message type cannot slip in); an error, not a panic, if that changes.
-            _ => Err((
+            _ => Err(Failure::new(
                 ErrorCode::Internal,
                 "this message is not a party message".into(),
             )),
@@ -191,13 +192,13 @@ impl Session {
         last_seq: Option<u64>,
     ) -> Result<Vec<ServerMessage>, Failure> {
         if version != PROTOCOL_VERSION {
-            return Err((
+            return Err(Failure::new(
                 ErrorCode::UnsupportedVersion,
                 format!("this server speaks protocol version {PROTOCOL_VERSION}"),
             ));
         }
         if self.party.is_some() {
-            return Err((
+            return Err(Failure::new(
                 ErrorCode::AlreadyJoined,
                 "already in a party; send leave first".into(),
             ));
@@ -217,17 +218,17 @@ impl Session {
                 store
                     .put_member(&code, &record)
                     .await
-                    .map_err(store_failure)?;
+                    .map_err(Failure::from)?;
                 (code, stored, record, false)
             }
             Some(code) => {
-                let code = PartyId(normalize_code(&code).map_err(|r| (r.code, r.message))?);
+                let code = PartyId(normalize_code(&code).map_err(Failure::from)?);
                 let stored = store
                     .load(&code)
                     .await
-                    .map_err(store_failure)?
+                    .map_err(Failure::from)?
                     .ok_or_else(|| {
-                        (
+                        Failure::new(
                             ErrorCode::PartyNotFound,
                             format!("party {code} does not exist"),
                         )
@@ -236,7 +237,7 @@ impl Session {
                     Some((id, key)) => store
                         .member(&code, id)
                         .await
-                        .map_err(store_failure)?
+                        .map_err(Failure::from)?
                         .filter(|r| r.key == *key),
                     None => None,
                 };
@@ -247,7 +248,7 @@ impl Session {
                         store
                             .put_member(&code, &record)
                             .await
-                            .map_err(store_failure)?;
+                            .map_err(Failure::from)?;
                         (code, stored, record, false)
                     }
                 }
@@ -255,7 +256,7 @@ impl Session {
         };
         // A client's lastSeq beyond the log (a stale tab of a re-created party) counts as 0.
         let last_seq = last_seq.filter(|s| *s <= stored.last_seq);
-        let presence = store.presence(&code).await.map_err(store_failure)?;
+        let presence = store.presence(&code).await.map_err(Failure::from)?;
         let member = Presence {
             member_id: record.member_id.clone(),
             name,
@@ -281,10 +282,12 @@ impl Session {
                 outbox: self.outbox.clone(),
             })
             .await
-            .ok_or((
-                ErrorCode::ShuttingDown,
-                "the server is shutting down".into(),
-            ))?;
+            .ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::ShuttingDown,
+                    "the server is shutting down".into(),
+                )
+            })?;
         // Registered first, read second: anything committed meanwhile is in the read or
         // arrives live, and the session drops what it already sent.
         let history = self.state.parties.config.history;
@@ -299,7 +302,7 @@ impl Session {
                     .parties
                     .leave(code, record.member_id, self.id, false)
                     .await;
-                return Err(store_failure(err));
+                return Err(Failure::from(err));
             }
         };
         let history_complete = match (last_seq, events.first()) {
@@ -433,7 +436,7 @@ impl Session {
     /// Refuses what the party token did not grant.
     fn require(&self, grant: Grant) -> Result<(), Failure> {
         if self.party.is_some() && !self.party_grants.has(grant) {
-            return Err((
+            return Err(Failure::new(
                 ErrorCode::GrantMissing,
                 format!("your access token does not grant `{grant}`"),
             ));
@@ -452,7 +455,7 @@ impl Session {
             .check(&membership.party.0)
             .map_err(|retry| {
                 self.state.metrics.rate_limited("chat");
-                (
+                Failure::new(
                     ErrorCode::RateLimited,
                     format!(
                         "this party is chatting faster than it can be shown; retry in {} ms",
@@ -466,7 +469,7 @@ impl Session {
         self.party
             .as_ref()
             .map(|m| (m.party.clone(), m.member.clone()))
-            .ok_or((ErrorCode::NotJoined, "send partyJoin first".to_owned()))
+            .ok_or_else(|| Failure::new(ErrorCode::NotJoined, "send partyJoin first".to_owned()))
     }
 
     /// Runs `f` on this session's party replica, mapping its refusal to a protocol error.
@@ -485,8 +488,10 @@ impl Session {
             .parties
             .with(party, seen, f)
             .await
-            .ok_or((ErrorCode::NotJoined, "not in this party anymore".to_owned()))?
-            .map_err(party_failure)
+            .ok_or_else(|| {
+                Failure::new(ErrorCode::NotJoined, "not in this party anymore".to_owned())
+            })?
+            .map_err(Failure::from)
     }
 
     fn party_limits(&self) -> PartyLimits {
@@ -514,11 +519,11 @@ async fn create_party(
             state: SharedState::new(host.clone(), wall),
             last_seq: 0,
         };
-        if store.create(&code, &stored).await.map_err(store_failure)? {
+        if store.create(&code, &stored).await.map_err(Failure::from)? {
             return Ok((code, stored));
         }
     }
-    Err((
+    Err(Failure::new(
         ErrorCode::Internal,
         "could not find a free party code".into(),
     ))
@@ -535,7 +540,7 @@ fn new_member(wall: UnixMillis) -> MemberRecord {
 fn check_op_id(op_id: &str) -> Result<(), Failure> {
     let len = op_id.chars().count();
     if len == 0 || len > MAX_OP_ID_CHARS || op_id.chars().any(char::is_control) {
-        return Err((
+        return Err(Failure::new(
             ErrorCode::InvalidOpId,
             format!("an opId is 1 to {MAX_OP_ID_CHARS} printable characters"),
         ));
@@ -547,46 +552,10 @@ fn ack(
     op_id: String,
     committed: Result<Committed, StoreError>,
 ) -> Result<Vec<ServerMessage>, Failure> {
-    let committed = committed.map_err(store_failure)?;
+    let committed = committed.map_err(Failure::from)?;
     Ok(vec![ServerMessage::Ack {
         op_id,
         seq: committed.seq(),
         duplicate: matches!(committed, Committed::Duplicate(_)),
     }])
-}
-
-pub(super) fn party_failure(err: PartyError) -> Failure {
-    let code = match &err {
-        PartyError::PermissionDenied(_) => ErrorCode::PermissionDenied,
-        PartyError::StaleVersion { .. } => ErrorCode::StaleVersion,
-        PartyError::InvalidPosition { .. } => ErrorCode::InvalidPosition,
-        PartyError::InvalidRate => ErrorCode::InvalidRate,
-        PartyError::InvalidUrl => ErrorCode::InvalidUrl,
-        PartyError::NothingLoaded => ErrorCode::NothingLoaded,
-        PartyError::ChatTooLong { .. } => ErrorCode::ChatTooLong,
-        PartyError::InvalidReaction { .. } => ErrorCode::InvalidReaction,
-        PartyError::RateLimited { .. } => ErrorCode::RateLimited,
-        PartyError::NotMember => ErrorCode::NotJoined,
-        PartyError::InvalidReport => ErrorCode::InvalidReport,
-    };
-    (code, err.to_string())
-}
-
-fn store_failure(err: StoreError) -> Failure {
-    let code = match &err {
-        StoreError::Conflict { .. } => ErrorCode::StaleVersion,
-        StoreError::NotFound => ErrorCode::PartyNotFound,
-        StoreError::Unavailable(_) => ErrorCode::SyncUnavailable,
-        StoreError::Corrupt(_) => ErrorCode::Internal,
-    };
-    let message = match &err {
-        StoreError::Conflict { current } => format!(
-            "another command changed the party first (now at version {current}); its state is on the way"
-        ),
-        StoreError::Unavailable(_) => {
-            "sync is temporarily unavailable; nothing was changed, retry with the same opId".into()
-        }
-        _ => err.to_string(),
-    };
-    (code, message)
 }
