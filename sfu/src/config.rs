@@ -47,9 +47,11 @@ pub struct SfuConfig {
     /// of the latency budget above network delay; a driver with room to spare handles a
     /// datagram within microseconds.
     pub overload_ingress_wait: Duration,
-    /// Threads that send the driver's datagrams (`sendmmsg`). The kernel's send path is most
-    /// of the media plane's CPU, so it runs beside the driver thread: one per core by default
-    /// (at least one), so a 2-core machine forwards on one and sends on both.
+    /// Threads that send the drivers' datagrams (`sendmmsg`), for the whole node: the
+    /// kernel's send path is most of the media plane's CPU, so it runs beside the driver
+    /// threads. One per core by default; shared out among the shards, each getting at least
+    /// one (one shard on a 2-core machine forwards on one core and sends on both; two shards
+    /// get a send thread each).
     pub send_threads: usize,
     /// SRTP profiles offered to viewers. Every forwarded packet is sealed once per viewer,
     /// so the profile is the largest per-viewer cost the SFU controls: AES-128-GCM is one
@@ -66,7 +68,8 @@ pub struct SfuConfig {
     /// as FFmpeg's WHIP muxer only speak AES-CM-HMAC-SHA1-80.
     pub host_srtp_profiles: Vec<SrtpProfile>,
     /// Forwarding shards the driver runs (see [`crate::shard`]): one per core by default, so
-    /// a node with many rooms uses every core. A room lives whole on one shard.
+    /// the media plane uses every core. A room's host and tracks live on its home shard; its
+    /// viewers spread over every shard once it has more than a few (see `driver::place`).
     pub workers: usize,
     /// The shard this core is (set by the driver for each of its cores).
     pub shard: Shard,
