@@ -9,6 +9,7 @@
 //! - `parties`: watch-party replicas of this node, fed by the sync store.
 //! - `session`: one WebSocket session (live rooms and parties).
 //! - `whip`: WHIP ingest and WHEP playback sessions over HTTP.
+//! - `errors`: every core error as a client sees it (wire code, HTTP status), mapped once.
 //! - [`auth`]: access tokens; [`turn`]: TURN credentials; [`limits`]: rate limiters;
 //!   [`telemetry`]: metrics and traces; `join_trace`: one trace per join.
 //! - `wall_clock`: the one place the edge reads the wall clock.
