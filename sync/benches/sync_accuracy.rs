@@ -4,7 +4,8 @@
 //! (not a wall-clock timing): simulated devices on jittered, asymmetric 20–200 ms round
 //! trips synchronize their clocks with the crate's real [`ClockSync`], receive [`Timeline`]s
 //! scheduled ahead like `Party::lead_ms` schedules them, start at the anchor converted to their
-//! own clock, and steer their players with the drift controller of `web-demo/js/drift.js`.
+//! own clock, and steer their players with the drift controller of `web-demo/js/drift.js`
+//! (its Rust twin [`sync::drift`], which golden vectors keep identical to it).
 //! It reports the p50/p95/p99/max **inter-device error**: at an instant, the largest minus
 //! the smallest true media position among a party's devices. Target: steady-state p99 ≤ 40 ms.
 //!
@@ -59,11 +60,11 @@
 //!   freezes the position at its target for the real seek latency: per device a base uniform
 //!   in 30–120 ms, per seek ±25 % uniform noise. The device measures each seek on its own
 //!   clock and keeps an EWMA (α 0.3, prior 50 ms), as `drift.js` does.
-//! - **Drift controller** (`drift.js`), every 250 ms local while the timeline plays: error =
-//!   actual position − `Timeline::position_at(estimated server now)`; |error| ≤ 40 ms: the
-//!   timeline's rate (dead band; once correcting, until ≤ 8 ms); up to 1.5 s: rate nudged by
-//!   −error × 0.05 %/ms, capped at ±5 %; beyond: seek to expected + estimated seek latency ×
-//!   rate.
+//! - **Drift controller** (`drift.js`, as [`sync::drift`]), every 250 ms local while the
+//!   timeline plays: error = actual position − `Timeline::position_at(estimated server now)`;
+//!   |error| ≤ 40 ms: the timeline's rate (dead band; once correcting, until ≤ 8 ms); up to
+//!   1.5 s: rate nudged by −error × 0.05 %/ms, capped at ±5 %; beyond: seek to expected +
+//!   estimated seek latency × rate.
 //! - **Measurement.** Every 100 ms of true time, once every device of the party has completed
 //!   its join burst. *All samples* is every such instant except two kinds, both counted: the
 //!   lead window of a seek (between the command and its anchor devices deliberately show
@@ -94,6 +95,10 @@ use std::collections::{BinaryHeap, VecDeque};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sync::drift::{
+    self, CONTROL_INTERVAL_MS, DEAD_BAND_MS, Ewma, MAX_NUDGE, SEEK_LATENCY_ALPHA,
+    SEEK_LATENCY_PRIOR_MS, SEEK_THRESHOLD_MS, SETTLE_MS, continues_playback, position_at,
+};
 use sync::{ClockSync, JOIN_BURST, PartyConfig, ProbeSample, Timeline, UnixMillis, WINDOW};
 
 // ----- Simulation size -----------------------------------------------------------------------
@@ -129,18 +134,8 @@ const SEEK_LATENCY_MS: (f64, f64) = (30.0, 120.0);
 const SEEK_NOISE: f64 = 0.25;
 const MEDIA_LENGTH_MS: f64 = 3_600_000.0;
 
-// ----- Drift controller (web-demo/js/drift.js) -----------------------------------------------
+// ----- Player control (web-demo/js/synced-video.js; the drift controller is sync::drift) -----
 
-const DEAD_BAND_MS: f64 = 40.0;
-const SETTLE_MS: f64 = 8.0;
-const MAX_NUDGE: f64 = 0.05;
-const NUDGE_PER_MS: f64 = MAX_NUDGE / 100.0;
-const SEEK_THRESHOLD_MS: f64 = 1_500.0;
-const CONTROL_INTERVAL_MS: f64 = 250.0;
-const SEEK_LATENCY_ALPHA: f64 = 0.3;
-const SEEK_LATENCY_PRIOR_MS: f64 = 50.0;
-/// `continuesPlayback`'s tolerance.
-const CONTINUES_TOLERANCE_MS: f64 = 5.0;
 /// A paused player off by more than this seeks (`synced-video.js` `PAUSED_TOLERANCE_MS`).
 const PAUSED_TOLERANCE_MS: f64 = 1.0;
 /// `synced-video.js` start rule: a paused player waits at most this long for the timeline...
@@ -523,78 +518,6 @@ impl Player {
     }
 }
 
-/// The seek-latency estimate: an EWMA of measured seeks, a prior before the first.
-#[derive(Default)]
-struct Ewma {
-    value: Option<f64>,
-}
-
-impl Ewma {
-    fn update(&mut self, x: f64) {
-        self.value = Some(match self.value {
-            None => x,
-            Some(v) => v + SEEK_LATENCY_ALPHA * (x - v),
-        });
-    }
-
-    fn estimate(&self) -> f64 {
-        self.value.unwrap_or(SEEK_LATENCY_PRIOR_MS)
-    }
-}
-
-// ----- Timeline helpers and the drift controller ------------------------------------------
-
-/// `Timeline::position_at` for a fractional server time: the integer part through the real
-/// function, the fraction added while playing past the anchor (the web client has sub-ms
-/// clocks; rounding would add up to 0.5 ms of error that is not the algorithm's).
-fn position_at(timeline: &Timeline, server_ms: f64) -> f64 {
-    let whole = server_ms.floor();
-    let base = timeline.position_at(UnixMillis(whole as i64));
-    if timeline.paused || whole < timeline.anchor.0 as f64 {
-        base
-    } else {
-        base + (server_ms - whole) * timeline.rate
-    }
-}
-
-/// `drift.js::continuesPlayback`: whether `next` continues `current` without a jump.
-fn continues_playback(current: &Timeline, next: &Timeline) -> bool {
-    !current.paused
-        && current.url == next.url
-        && (position_at(current, next.anchor.0 as f64) - next.position_ms).abs()
-            <= CONTINUES_TOLERANCE_MS
-}
-
-enum Step {
-    /// Play at the timeline's rate.
-    Hold,
-    /// Play at this rate.
-    Nudge(f64),
-    /// Seek to this position.
-    Seek(f64),
-}
-
-/// `drift.js::correct`: one controller step; returns the step and the new `correcting`.
-fn correct(
-    expected: f64,
-    actual: f64,
-    rate: f64,
-    seek_latency: f64,
-    correcting: bool,
-) -> (Step, bool) {
-    let error = actual - expected;
-    if error.abs() > SEEK_THRESHOLD_MS {
-        // Aim where the timeline will be when the seek completes.
-        return (Step::Seek(expected + seek_latency * rate), false);
-    }
-    let band = if correcting { SETTLE_MS } else { DEAD_BAND_MS };
-    if error.abs() <= band {
-        return (Step::Hold, false);
-    }
-    let nudge = (-error * NUDGE_PER_MS).clamp(-MAX_NUDGE, MAX_NUDGE);
-    (Step::Nudge(rate * (1.0 + nudge)), true)
-}
-
 // ----- Devices and the server ----------------------------------------------------------------
 
 struct Pending {
@@ -615,6 +538,7 @@ struct Device {
     /// A change received, waiting for its anchor.
     pending: Option<Pending>,
     correcting: bool,
+    /// The seek-latency estimate (`Ewma::seek_latency`).
     seek_latency: Ewma,
     /// `SeekAhead`: a start waits for a seek to complete.
     start_after_seek: bool,
@@ -639,7 +563,7 @@ impl Device {
             current: loaded.clone(),
             pending: None,
             correcting: false,
-            seek_latency: Ewma::default(),
+            seek_latency: Ewma::seek_latency(),
             start_after_seek: false,
             start_plan: 0,
             probes_sent: 0,
@@ -936,7 +860,7 @@ impl PartySim {
         let covers_seek = self.scenario.lead_covers_seek;
         let need = |d: &Device| {
             let seek = if covers_seek {
-                d.seek_latency.estimate()
+                d.seek_latency.value()
             } else {
                 0.0
             };
@@ -1075,7 +999,7 @@ impl PartySim {
             self.queue.push(at, Action::StartAt(d, dev.start_plan));
         } else if !reachable || wait > MAX_HOLD_MS || -wait * tl.rate > DEAD_BAND_MS {
             let ahead =
-                (2.0 * dev.seek_latency.estimate()).clamp(MIN_SEEK_AHEAD_MS, MAX_HOLD_MS / 2.0);
+                (2.0 * dev.seek_latency.value()).clamp(MIN_SEEK_AHEAD_MS, MAX_HOLD_MS / 2.0);
             let target = position_at(tl, now + ahead);
             dev.start_after_seek = true;
             self.start_seek(t, d, target);
@@ -1122,21 +1046,21 @@ impl PartySim {
             return;
         };
         let rate = dev.current.rate;
-        let (step, correcting) = correct(
+        let step = drift::correct(
             position_at(&dev.current, now),
             dev.player.position(t),
             rate,
-            dev.seek_latency.estimate(),
+            dev.seek_latency.value(),
             dev.correcting,
         );
-        dev.correcting = correcting;
-        match step {
-            Step::Hold => dev.player.set_rate(t, rate),
-            Step::Nudge(nudged) => dev.player.set_rate(t, nudged),
-            Step::Seek(to) => {
+        dev.correcting = step.correcting;
+        // `Action::None` plays at the timeline's rate, `Action::Nudge` at the nudged one.
+        match step.seek_to_ms {
+            Some(to) => {
                 self.stats.controller_seeks += 1;
                 self.start_seek(t, d, to);
             }
+            None => dev.player.set_rate(t, step.playback_rate),
         }
     }
 

@@ -9,7 +9,9 @@
 //! the estimate is that sample's offset, and its bound is that sample's delay / 2.
 //!
 //! The web client (`web-demo/js/clock.js`) implements the same algorithm; `loadtest` and the
-//! sync-accuracy benchmark use this one.
+//! sync-accuracy benchmark use this one. The golden vectors in
+//! `sync/tests/golden/sync-vectors.json` keep the two identical (`sync/tests/golden.rs`,
+//! `web-demo/tests/golden.test.mjs`).
 
 use std::collections::VecDeque;
 
@@ -55,8 +57,14 @@ impl ClockSync {
         Self::default()
     }
 
-    /// Adds a completed probe; the oldest falls out of the window.
+    /// Adds a completed probe; the oldest falls out of the window. A probe with a time that is
+    /// not a finite number is ignored, as `clock.js` does: its delay would read as 0 (`max`
+    /// drops a NaN) and it would win with a NaN offset.
     pub fn add(&mut self, sample: ProbeSample) {
+        let ProbeSample { t0, t1, t2, t3 } = sample;
+        if ![t0, t1, t2, t3].iter().all(|t| t.is_finite()) {
+            return;
+        }
         if self.samples.len() == WINDOW {
             self.samples.pop_front();
         }
@@ -138,6 +146,20 @@ mod tests {
         lopsided.add(probe(0.0, 10.0, 50.0, 500.0));
         let err = (lopsided.offset().unwrap() - 500.0).abs();
         assert!(err <= lopsided.error_bound().unwrap() + 1e-9, "{err}");
+    }
+
+    #[test]
+    fn a_probe_with_a_non_finite_time_is_ignored() {
+        let mut clock = ClockSync::new();
+        let mut broken = probe(0.0, 20.0, 20.0, 100.0);
+        broken.t1 = f64::NAN;
+        clock.add(broken);
+        assert!(clock.is_empty());
+        clock.add(probe(10.0, 20.0, 20.0, 100.0));
+        broken.t3 = f64::INFINITY;
+        clock.add(broken);
+        assert_eq!(clock.len(), 1);
+        assert!((clock.offset().unwrap() - 100.0).abs() < 1e-9);
     }
 
     #[test]

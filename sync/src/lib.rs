@@ -7,9 +7,11 @@
 //! - [`Party`]: the sans-IO core of one party on one node: validation, permissions,
 //!   scheduling ahead, group wait, host hand-off, presence and the sync spread.
 //! - [`ClockSync`]: the NTP-style clock estimate clients (and the benchmark) use.
+//! - [`drift`]: the web client's drift controller (dead band, nudge, seek), as pure functions.
 //! - [`Store`]: where parties live, [`MemoryStore`] (one node) or [`RedisStore`] (many).
 
 mod clock;
+pub mod drift;
 pub mod model;
 mod party;
 mod store;

@@ -1,6 +1,7 @@
 // Clock synchronization with the server, NTP style (RFC 5905 §8 on-wire exchange, with the
 // minimum-delay filter of its clock filter algorithm, §10). The same algorithm as the Rust
-// `sync::ClockSync` (sync/src/clock.rs).
+// `sync::ClockSync` (sync/src/clock.rs); the golden vectors in
+// sync/tests/golden/sync-vectors.json keep the two identical (tests/golden.test.mjs).
 //
 // The page sends `{"type":"timeProbe","t0":performance.now()}`; the server answers
 // `timeReply {t0, t1, t2}` with its wall clock (ms since the Unix epoch) when the probe

@@ -1,5 +1,8 @@
 // Drift correction for a shared playback timeline: pure functions (they run in node, see
-// tests/party-unit.test.mjs). `js/synced-video.js` applies them to a <video> element.
+// tests/party-unit.test.mjs). `js/synced-video.js` applies them to a <video> element. The
+// Rust twin is `sync::drift` (sync/src/drift.rs, used by the sync-accuracy benchmark); the
+// golden vectors in sync/tests/golden/sync-vectors.json keep the two identical
+// (tests/golden.test.mjs here, sync/tests/golden.rs there).
 //
 // A timeline is the absolute tuple the server keeps (sync/src/timeline.rs):
 //   {url, positionMs, anchor, rate, paused}: at server time `anchor` the media was at
@@ -31,6 +34,8 @@ export const CONTROL_INTERVAL_MS = 250;
 export const SEEK_LATENCY_ALPHA = 0.3;
 /** Seek latency assumed before the first measurement. */
 export const SEEK_LATENCY_PRIOR_MS = 50;
+/** `continuesPlayback`'s default tolerance. */
+export const CONTINUES_TOLERANCE_MS = 5;
 
 /**
  * The media position (ms) at server time `serverMs` (Rust: `Timeline::position_at`). Before the
@@ -92,7 +97,7 @@ export class Ewma {
  * until the anchor. Otherwise (seek, play from pause, load) it holds at `next.positionMs`
  * until the anchor, so that the seek happens during the lead time.
  */
-export function continuesPlayback(current, next, toleranceMs = 5) {
+export function continuesPlayback(current, next, toleranceMs = CONTINUES_TOLERANCE_MS) {
   if (!current || current.paused || current.url !== next.url) return false;
   return Math.abs(positionAt(current, next.anchor) - next.positionMs) <= toleranceMs;
 }
