@@ -3,6 +3,7 @@
 #   - installs what is missing (Debian's redis-server and chromium, npm packages),
 #   - makes sure a Redis server is reachable (MARQUEE_TEST_REDIS_URL, default
 #     redis://127.0.0.1:6379); when none is, starts one on a free port for this run,
+#   - checks the workspace's dependency directions (scripts/check-layers.sh),
 #   - runs the Rust tests (unit, virtual-time core tests, in-process integration tests),
 #   - runs the real-browser tests (headless Chromium driven by playwright-core),
 #   - prints one summary line: "N passed, N failed".
@@ -88,6 +89,13 @@ fi
 # The Redis restart test starts redis-server itself.
 ensure_redis_server_binary || echo "redis-server is missing; the Redis restart test will fail"
 echo "Redis for tests: ${MARQUEE_TEST_REDIS_URL:-none}"
+
+say "dependency directions (docs/architecture.md)"
+scripts/check-layers.sh 2>&1 | tee "$LOG_DIR/layers.log"
+passed=$((passed + $(grep -c '^ok ' "$LOG_DIR/layers.log")))
+layers_failed=$(grep -c '^not ok ' "$LOG_DIR/layers.log")
+failed=$((failed + layers_failed))
+[ "$layers_failed" -eq 0 ] || status=1
 
 say "cargo test --workspace"
 cargo test --workspace --color never 2>&1 | tee "$LOG_DIR/cargo.log"

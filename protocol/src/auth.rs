@@ -445,7 +445,7 @@ fn check_shape(token: &str) -> Result<(), AuthError> {
 
 /// `unix` seconds as an RFC 3339 UTC timestamp (`2026-01-01T00:00:00Z`), for messages.
 fn utc_timestamp(unix: u64) -> String {
-    sync::UtcDateTime::from_unix_secs(unix).to_string()
+    crate::timeline::UtcDateTime::from_unix_secs(unix).to_string()
 }
 
 #[cfg(test)]

@@ -7,8 +7,10 @@
 //! camelCase; unknown fields are ignored; an unknown `type` gets an [`ErrorCode::UnknownType`]
 //! error and the connection stays open.
 
+use crate::model::{
+    Control, Event, MemberStatus, MemberView, PlaybackCommand, SharedState, Spread,
+};
 use serde::{Deserialize, Serialize};
-use sync::{Control, Event, MemberStatus, MemberView, PlaybackCommand, SharedState, Spread};
 
 /// The protocol version this server speaks. A `join` carrying another version is refused
 /// with [`ErrorCode::UnsupportedVersion`] so that old clients fail loudly, not subtly.

@@ -3,7 +3,8 @@
 //! - [`Timeline`]: the playback tuple (media, position at an anchor server time, rate,
 //!   paused). A position is computed from it, never stored, so every device derives the
 //!   same answer.
-//! - [`model`]: what is stored, fanned out and sent: [`SharedState`], events, presence.
+//! - [`model`]: what is stored, fanned out and sent: [`SharedState`], events, presence
+//!   (with [`Timeline`], defined in `marquee-protocol`, since clients read them too).
 //! - [`Party`]: the sans-IO core of one party on one node: validation, permissions,
 //!   scheduling ahead, group wait, host hand-off, presence and the sync spread.
 //! - [`ClockSync`]: the NTP-style clock estimate clients (and the benchmark) use.
@@ -12,18 +13,17 @@
 
 mod clock;
 pub mod drift;
-pub mod model;
 mod party;
 mod store;
-mod timeline;
+
+/// The party data the wire carries, defined with the protocol (clients read it too).
+pub use marquee_protocol::{model, timeline};
 
 pub use clock::{ClockSync, JOIN_BURST, ProbeSample, WINDOW};
 pub use model::{
-    Cause, Control, Event, EventBody, MemberId, MemberRecord, MemberStatus, NewEvent, PartyId,
-    PlaybackCommand, Presence, SharedState,
+    Cause, Control, Event, EventBody, MemberId, MemberRecord, MemberStatus, MemberView, NewEvent,
+    PartyId, PlaybackCommand, Presence, SharedState, Spread,
 };
-pub use party::{
-    MemberView, Party, PartyConfig, PartyError, Proposal, Snapshot, Spread, SyncReport,
-};
+pub use party::{Party, PartyConfig, PartyError, Proposal, Snapshot, SyncReport};
 pub use store::{Committed, Feed, MemoryStore, RedisStore, Store, StoreConfig, StoreError, Stored};
 pub use timeline::{Timeline, UnixMillis, UtcDateTime};

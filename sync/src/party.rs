@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::model::{
-    Cause, Control, Event, EventBody, MemberId, MemberStatus, NewEvent, PartyId, PlaybackCommand,
-    Presence, SharedState,
+    Cause, Control, Event, EventBody, MemberId, MemberStatus, MemberView, NewEvent, PartyId,
+    PlaybackCommand, Presence, SharedState, Spread,
 };
 use crate::timeline::UnixMillis;
 
@@ -133,26 +133,6 @@ pub struct SyncReport {
     pub error_ms: Option<f64>,
     /// The member's best clock-probe round trip.
     pub rtt_ms: Option<f64>,
-}
-
-/// The inter-device spread of a party: percentiles over recent samples, each sample being
-/// the largest minus the smallest deviation among members' fresh reports.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Spread {
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-    pub max_ms: f64,
-    pub samples: usize,
-}
-
-/// A member as shown in the party state.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MemberView {
-    #[serde(flatten)]
-    pub presence: Presence,
-    pub host: bool,
 }
 
 /// What a party looks like now.

@@ -4,7 +4,7 @@
 // golden vectors in sync/tests/golden/sync-vectors.json keep the two identical
 // (tests/golden.test.mjs here, sync/tests/golden.rs there).
 //
-// A timeline is the absolute tuple the server keeps (sync/src/timeline.rs):
+// A timeline is the absolute tuple the server keeps (protocol/src/timeline.rs):
 //   {url, positionMs, anchor, rate, paused}: at server time `anchor` the media was at
 //   `positionMs` and advanced at `rate` unless `paused`.
 // Every device computes where it should be from the tuple and its synchronized clock, and

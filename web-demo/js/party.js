@@ -1,7 +1,7 @@
 // Watch-party page: party.html (create) and party.html?party=CODE (join).
 //
 // One WebSocket (js/signaling.js, reconnecting with backoff) carries the party protocol
-// (protocol/src/wire.rs, sync/src/model.rs): `partyJoin`, then the server sends the
+// (protocol/src/wire.rs, protocol/src/model.rs): `partyJoin`, then the server sends the
 // missed or recent events (`partyEvent`, in `seq` order) and a `partyState` snapshot, and
 // from then on every event once and coalesced snapshots. The shared state (playback
 // timeline, host, who controls) is applied only when its `version` is newer than ours.

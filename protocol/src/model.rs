@@ -202,6 +202,26 @@ pub struct MemberRecord {
     pub joined_at: UnixMillis,
 }
 
+/// The inter-device spread of a party: percentiles over recent samples, each sample being
+/// the largest minus the smallest deviation among members' fresh reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spread {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub max_ms: f64,
+    pub samples: usize,
+}
+
+/// A member as shown in the party state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub presence: Presence,
+    pub host: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
