@@ -58,7 +58,7 @@ use webrtc::runtime::Runtime;
 
 use marquee_protocol::wire::{
     ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaKind, PROTOCOL_VERSION, Role,
-    ServerMessage,
+    RoomMessage, ServerMessage,
 };
 
 use crate::media::{
@@ -406,14 +406,14 @@ impl WsClient {
         name: &str,
         token: Option<&str>,
     ) -> Result<Joined> {
-        self.join_with(ClientMessage::Join {
+        self.join_with(ClientMessage::Room(RoomMessage::Join {
             version: PROTOCOL_VERSION,
             room: room.map(str::to_owned),
             name: name.to_owned(),
             role,
             host_key: None,
             token: token.map(str::to_owned),
-        })
+        }))
         .await
     }
 
@@ -708,7 +708,7 @@ fn spawn_candidate_trickle(
                 username_fragment: None,
             };
             if sender
-                .send(&ClientMessage::Candidate { candidate })
+                .send(&ClientMessage::Room(RoomMessage::Candidate { candidate }))
                 .is_err()
             {
                 break;
@@ -1713,19 +1713,21 @@ impl Host {
         let publisher = Publisher::new(options.media.clone()).await?;
         let mut ws = WsClient::connect(server).await?;
         let joined = ws
-            .join_with(ClientMessage::Join {
+            .join_with(ClientMessage::Room(RoomMessage::Join {
                 version: PROTOCOL_VERSION,
                 room: options.room.clone(),
                 name: options.name.clone(),
                 role: Role::Host,
                 host_key: options.host_key.clone(),
                 token: options.token.clone(),
-            })
+            }))
             .await
             .context("host join")?;
 
         let offer = publisher.create_offer().await?;
-        ws.send(&ClientMessage::Offer { sdp: offer.clone() })?;
+        ws.send(&ClientMessage::Room(RoomMessage::Offer {
+            sdp: offer.clone(),
+        }))?;
         let candidates = publisher
             .peer
             .take_candidates()
@@ -1776,7 +1778,8 @@ impl Host {
     /// Sends a new offer on the same connection and applies the server's answer (republish).
     pub async fn renegotiate(&mut self) -> Result<()> {
         let offer = self.publisher.create_offer().await?;
-        self.ws.send(&ClientMessage::Offer { sdp: offer })?;
+        self.ws
+            .send(&ClientMessage::Room(RoomMessage::Offer { sdp: offer }))?;
         let answer = match self
             .ws
             .recv_until(|m| matches!(m, ServerMessage::Answer { .. }))
@@ -1892,14 +1895,14 @@ impl Viewer {
         let subscriber = Arc::new(Subscriber::with_options(options.subscriber.clone()).await?);
         let mut ws = WsClient::connect(server).await?;
         let ws_open = now();
-        ws.send(&ClientMessage::Join {
+        ws.send(&ClientMessage::Room(RoomMessage::Join {
             version: PROTOCOL_VERSION,
             room: Some(room.to_owned()),
             name: options.name.clone(),
             role: Role::Viewer,
             host_key: None,
             token: options.token.clone(),
-        })?;
+        }))?;
         // Whatever arrives before `joined` (an early offer or roomState) is kept for the
         // negotiation loop rather than skipped.
         let mut early = Vec::new();
@@ -1987,7 +1990,8 @@ impl Viewer {
     }
 
     pub fn leave(&self) -> Result<()> {
-        self.sender.send(&ClientMessage::Leave {})
+        self.sender
+            .send(&ClientMessage::Room(RoomMessage::Leave {}))
     }
 
     /// Closes the peer connection and the WebSocket (a close frame). Dropping a `Viewer`
@@ -2040,9 +2044,9 @@ async fn answer_offers(
                     (None, None) => sdp.clone(),
                 };
                 let answer = subscriber.answer(&offer).await?;
-                sender.send(&ClientMessage::Answer {
+                sender.send(&ClientMessage::Room(RoomMessage::Answer {
                     sdp: answer.clone(),
-                })?;
+                }))?;
                 anyhow::Ok(answer)
             }
             .await;

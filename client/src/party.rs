@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use marquee_protocol::wire::{
-    ClientMessage, ErrorBody, ErrorCode, PROTOCOL_VERSION, PartyState, ServerMessage,
+    ClientMessage, ErrorBody, ErrorCode, PROTOCOL_VERSION, PartyMessage, PartyState, ServerMessage,
 };
 use sync::{Event, EventBody, PlaybackCommand, SharedState};
 
@@ -79,7 +79,7 @@ impl PartyClient {
         token: Option<&str>,
     ) -> Result<Self> {
         let mut ws = WsClient::connect_url(ws_url).await?;
-        ws.send(&ClientMessage::PartyJoin {
+        ws.send(&ClientMessage::Party(PartyMessage::PartyJoin {
             version: PROTOCOL_VERSION,
             party: party.map(str::to_owned),
             name: name.to_owned(),
@@ -87,7 +87,7 @@ impl PartyClient {
             member_key: identity.map(|i| i.member_key.clone()),
             last_seq: identity.map(|i| i.last_seq),
             token: token.map(str::to_owned),
-        })?;
+        }))?;
         let joined = ws
             .recv_until_within(PARTY_TIMEOUT, |m| {
                 matches!(m, ServerMessage::PartyJoined { .. })
@@ -187,11 +187,11 @@ impl PartyClient {
     ) -> Result<u64> {
         let op_id = self.op();
         self.request(
-            ClientMessage::Playback {
+            ClientMessage::Party(PartyMessage::Playback {
                 op_id: op_id.clone(),
                 command,
                 base_version,
-            },
+            }),
             &op_id,
         )
         .await
@@ -219,10 +219,10 @@ impl PartyClient {
 
     pub async fn chat_with_op(&mut self, text: &str, op_id: &str) -> Result<u64> {
         self.request(
-            ClientMessage::Chat {
+            ClientMessage::Party(PartyMessage::Chat {
                 op_id: op_id.to_owned(),
                 text: text.to_owned(),
-            },
+            }),
             op_id,
         )
         .await

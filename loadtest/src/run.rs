@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 use marquee_client::{Host, HostOptions, MediaConfig, PartyClient, WsClient};
-use marquee_protocol::wire::{ClientMessage, Role};
+use marquee_protocol::wire::{ClientMessage, PartyMessage, Role, RoomMessage};
 use sync::{ClockSync, EventBody, PlaybackCommand, ProbeSample, UnixMillis};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -654,7 +654,7 @@ async fn run_signaling(
     tokio::time::sleep(Duration::from_secs_f64(load.hold_s)).await;
     let _ = leave_tx.send(true);
     while clients.join_next().await.is_some() {}
-    let _ = host.send(&ClientMessage::Leave {});
+    let _ = host.send(&ClientMessage::Room(RoomMessage::Leave {}));
     host.close().await;
     Ok(())
 }
@@ -838,7 +838,9 @@ async fn member_loop(
         let now_t = tokio::time::Instant::now();
         if now_t >= next_probe {
             // A join burst like the web client's, then one probe every 2 s.
-            client.send(&ClientMessage::TimeProbe { t0: unix_ms_f64() })?;
+            client.send(&ClientMessage::Party(PartyMessage::TimeProbe {
+                t0: unix_ms_f64(),
+            }))?;
             probes += 1;
             next_probe = now_t
                 + if probes < sync::JOIN_BURST {
@@ -862,10 +864,10 @@ async fn member_loop(
             next_chat = tokio::time::Instant::now() + exp(&mut rng, load.chat_per_member_per_s);
             if rng.random_bool(0.5) {
                 let op = client.op();
-                client.send(&ClientMessage::React {
+                client.send(&ClientMessage::Party(PartyMessage::React {
                     op_id: op,
                     emoji: "👏".to_owned(),
-                })?;
+                }))?;
             }
         }
         if is_host && now_t >= next_command {

@@ -53,14 +53,24 @@ pub struct IceCandidate {
     pub username_fragment: Option<String>,
 }
 
-/// Messages a client sends.
+/// Messages a client sends: the live room's (and the connection's) or the watch party's. On
+/// the wire both are one flat JSON object tagged by `type`; the split only tells the server,
+/// exhaustively, which part handles a message.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum ClientMessage {
+    Room(RoomMessage),
+    Party(PartyMessage),
+}
+
+/// A live room's messages, and the connection's own (`leave`, `ping`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
     tag = "type",
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
 )]
-pub enum ClientMessage {
+pub enum RoomMessage {
     /// First message of a session. A host without `room` creates a new room with a fresh
     /// short code; a host with `room` creates that room or takes it over when it has no host
     /// (or when `hostKey` matches, which evicts a stale session of the same host).
@@ -80,17 +90,11 @@ pub enum ClientMessage {
         token: Option<String>,
     },
     /// An SDP offer from the client: how a host publishes (and republishes) its tracks.
-    Offer {
-        sdp: String,
-    },
+    Offer { sdp: String },
     /// The client's SDP answer to a server [`ServerMessage::Offer`].
-    Answer {
-        sdp: String,
-    },
+    Answer { sdp: String },
     /// A trickled ICE candidate of the client.
-    Candidate {
-        candidate: IceCandidate,
-    },
+    Candidate { candidate: IceCandidate },
     /// Leave the room; the WebSocket stays open and may `join` again.
     Leave {},
     /// Liveness probe; answered by `pong` with the same `id`.
@@ -98,6 +102,16 @@ pub enum ClientMessage {
         #[serde(default)]
         id: u64,
     },
+}
+
+/// A watch party's messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum PartyMessage {
     /// Join a watch party, or create one (without `party`). A member resuming after a
     /// reconnect (to any node) presents `memberId` and `memberKey` to stay the same member,
     /// and `lastSeq` to receive every event after it, exactly once and in order.
@@ -167,6 +181,40 @@ pub enum ClientMessage {
     TimeProbe {
         t0: f64,
     },
+}
+
+/// The `type`s of [`PartyMessage`]; every other `type` is read as a [`RoomMessage`] (whose
+/// error then names the unknown variant). A test keeps the list and the enum together.
+const PARTY_TYPES: &[&str] = &[
+    "partyJoin",
+    "playback",
+    "setControl",
+    "chat",
+    "react",
+    "typing",
+    "camera",
+    "syncReport",
+    "timeProbe",
+];
+
+/// Routed by `type` to the sub-enum that has it, so a malformed message gets that enum's
+/// precise error ("missing field `sdp`"), not an untagged enum's "did not match any variant".
+impl<'de> Deserialize<'de> for ClientMessage {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = serde_json::Value::deserialize(deserializer)?;
+        let party =
+            (value.get("type").and_then(|t| t.as_str())).is_some_and(|t| PARTY_TYPES.contains(&t));
+        if party {
+            PartyMessage::deserialize(value)
+                .map(ClientMessage::Party)
+                .map_err(D::Error::custom)
+        } else {
+            RoomMessage::deserialize(value)
+                .map(ClientMessage::Room)
+                .map_err(D::Error::custom)
+        }
+    }
 }
 
 /// Messages the server sends.
@@ -433,10 +481,12 @@ impl ClientMessage {
     /// The operation id of an operation message.
     pub fn op_id(&self) -> Option<&str> {
         match self {
-            ClientMessage::Playback { op_id, .. }
-            | ClientMessage::SetControl { op_id, .. }
-            | ClientMessage::Chat { op_id, .. }
-            | ClientMessage::React { op_id, .. } => Some(op_id),
+            ClientMessage::Party(
+                PartyMessage::Playback { op_id, .. }
+                | PartyMessage::SetControl { op_id, .. }
+                | PartyMessage::Chat { op_id, .. }
+                | PartyMessage::React { op_id, .. },
+            ) => Some(op_id),
             _ => None,
         }
     }
@@ -517,29 +567,45 @@ fn truncate(s: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    /// `PARTY_TYPES` is exactly the `type`s of `PartyMessage`, and every other known type is
+    /// a `RoomMessage`: a type in the wrong list would be decoded by the wrong enum.
+    #[test]
+    fn message_types_are_routed_to_the_enum_that_has_them() {
+        let unknown_variant = |err: serde_json::Error| err.to_string().contains("unknown variant");
+        for t in KNOWN_CLIENT_TYPES {
+            let bare = format!(r#"{{"type":"{t}"}}"#);
+            let as_party = serde_json::from_str::<PartyMessage>(&bare);
+            let as_room = serde_json::from_str::<RoomMessage>(&bare);
+            let in_party = as_party.map_or_else(|e| !unknown_variant(e), |_| true);
+            let in_room = as_room.map_or_else(|e| !unknown_variant(e), |_| true);
+            assert_eq!(in_party, PARTY_TYPES.contains(t), "{t}: a PartyMessage?");
+            assert_eq!(in_room, !in_party, "{t}: exactly one enum has it");
+        }
+    }
+
     #[test]
     fn join_round_trips_in_camel_case() {
         let text = r#"{"type":"join","version":1,"room":"ABCD","name":"Ann","role":"viewer","extra":true,"token":"t.k.n"}"#;
         let msg = decode_client_message(text, DEFAULT_MAX_MESSAGE_BYTES).unwrap();
         assert_eq!(
             msg,
-            ClientMessage::Join {
+            ClientMessage::Room(RoomMessage::Join {
                 version: 1,
                 room: Some("ABCD".into()),
                 name: "Ann".into(),
                 role: Role::Viewer,
                 host_key: None,
                 token: Some("t.k.n".into()),
-            }
+            })
         );
-        let candidate = ClientMessage::Candidate {
+        let candidate = ClientMessage::Room(RoomMessage::Candidate {
             candidate: IceCandidate {
                 candidate: "candidate:1 1 udp 1 1.2.3.4 5 typ host".into(),
                 sdp_mid: Some("0".into()),
                 sdp_m_line_index: Some(0),
                 username_fragment: None,
             },
-        };
+        });
         let json = serde_json::to_string(&candidate).unwrap();
         assert!(json.contains("\"sdpMLineIndex\":0"), "{json}");
     }

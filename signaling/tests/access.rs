@@ -14,7 +14,8 @@ use signaling::auth::Grant;
 use signaling::config::LimitsConfig;
 use signaling::limits::Rate;
 use signaling::protocol::{
-    ClientMessage, ErrorCode, MediaKind, PROTOCOL_VERSION, Role, ServerMessage,
+    ClientMessage, ErrorCode, MediaKind, PROTOCOL_VERSION, PartyMessage, Role, RoomMessage,
+    ServerMessage,
 };
 use support::server::TestServer;
 use support::tokens::SECRET;
@@ -27,18 +28,18 @@ fn token(room: &str, grants: &[Grant], exp_in: i64) -> String {
 }
 
 fn join(role: Role, room: Option<&str>, token: Option<String>) -> ClientMessage {
-    ClientMessage::Join {
+    ClientMessage::Room(RoomMessage::Join {
         version: PROTOCOL_VERSION,
         room: room.map(str::to_owned),
         name: "n".into(),
         role,
         host_key: None,
         token,
-    }
+    })
 }
 
 fn party_join(party: Option<&str>, token: Option<String>) -> ClientMessage {
-    ClientMessage::PartyJoin {
+    ClientMessage::Party(PartyMessage::PartyJoin {
         version: PROTOCOL_VERSION,
         party: party.map(str::to_owned),
         name: "member".into(),
@@ -46,14 +47,14 @@ fn party_join(party: Option<&str>, token: Option<String>) -> ClientMessage {
         member_key: None,
         last_seq: None,
         token,
-    }
+    })
 }
 
 fn chat(op: &str) -> ClientMessage {
-    ClientMessage::Chat {
+    ClientMessage::Party(PartyMessage::Chat {
         op_id: op.into(),
         text: "hello".into(),
-    }
+    })
 }
 
 /// The next `ack` for `op`, or the error that came instead.
@@ -187,11 +188,11 @@ async fn websocket_joins_need_tokens_with_the_right_room_and_grant() {
         Err(ErrorCode::GrantMissing)
     );
     silent
-        .send(&ClientMessage::Playback {
+        .send(&ClientMessage::Party(PartyMessage::Playback {
             op_id: "p1".into(),
             command: serde_json::from_str(r#"{"action":"pause"}"#).unwrap(),
             base_version: None,
-        })
+        }))
         .unwrap();
     let error = silent.expect_error(ErrorCode::GrantMissing).await.unwrap();
     assert_eq!(error.op_id.as_deref(), Some("p1"));
@@ -277,7 +278,9 @@ async fn a_flooding_client_is_throttled_while_another_goes_on() {
     // Message flood on one open connection: most are refused, the connection stays.
     let mut flood = open.pop().unwrap();
     for id in 0..60 {
-        flood.send(&ClientMessage::Ping { id }).unwrap();
+        flood
+            .send(&ClientMessage::Room(RoomMessage::Ping { id }))
+            .unwrap();
     }
     let (mut pongs, mut limited) = (0, 0);
     while pongs + limited < 60 {
@@ -292,7 +295,9 @@ async fn a_flooding_client_is_throttled_while_another_goes_on() {
     calm.send(&chat("calm-1")).unwrap();
     assert_eq!(chat_result(&mut calm, "calm-1").await, Ok(()));
     tokio::time::sleep(Duration::from_millis(600)).await;
-    flood.send(&ClientMessage::Ping { id: 99 }).unwrap();
+    flood
+        .send(&ClientMessage::Room(RoomMessage::Ping { id: 99 }))
+        .unwrap();
     flood
         .recv_until(|m| matches!(m, ServerMessage::Pong { id: 99 }))
         .await
@@ -423,7 +428,7 @@ async fn admission_control_answers_full_instead_of_degrading() {
     let error = c.expect_error(ErrorCode::Full).await.unwrap();
     assert!(error.message.contains("server"), "{}", error.message);
     // A seat frees up when someone leaves (asynchronously: ask again until it has).
-    b.send(&ClientMessage::Leave {}).unwrap();
+    b.send(&ClientMessage::Room(RoomMessage::Leave {})).unwrap();
     let mut attempts = 0;
     loop {
         match c.join(Role::Host, Some("B"), "c").await {

@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use signaling::protocol::{
     ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, ErrorCode, IceCandidate, PROTOCOL_VERSION, Role,
-    ServerMessage,
+    RoomMessage, ServerMessage,
 };
 use support::server::TestServer;
 use support::{WsClient, server_error_code};
 
 /// The connection still works: a ping is answered.
 async fn assert_alive(client: &mut WsClient, id: u64) {
-    client.send(&ClientMessage::Ping { id }).unwrap();
+    client
+        .send(&ClientMessage::Room(RoomMessage::Ping { id }))
+        .unwrap();
     let pong = client
         .recv_until(|m| matches!(m, ServerMessage::Pong { .. }))
         .await
@@ -91,14 +93,14 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
     // Now as a host of a room of its own.
     let own = c.join(Role::Host, None, "Other host").await.unwrap();
     assert_ne!(own.room, room);
-    let candidate = ClientMessage::Candidate {
+    let candidate = ClientMessage::Room(RoomMessage::Candidate {
         candidate: IceCandidate {
             candidate: "candidate:1 1 udp 2130706431 127.0.0.1 9 typ host".into(),
             sdp_mid: Some("0".into()),
             sdp_m_line_index: Some(0),
             username_fragment: None,
         },
-    };
+    });
     check(
         &mut c,
         serde_json::to_string(&candidate).unwrap(),
@@ -133,7 +135,7 @@ async fn every_bad_message_gets_a_stable_code_and_the_session_survives() {
     .await;
 
     // A viewer may not offer, nor answer before being offered anything.
-    c.send(&ClientMessage::Leave {}).unwrap();
+    c.send(&ClientMessage::Room(RoomMessage::Leave {})).unwrap();
     let joined = c.join(Role::Viewer, Some(&room), "Vic").await.unwrap();
     assert_eq!(joined.room, room);
     check(

@@ -3,7 +3,7 @@
 
 mod support;
 
-use signaling::protocol::{ClientMessage, ErrorCode, ServerMessage};
+use signaling::protocol::{ClientMessage, ErrorCode, PartyMessage, RoomMessage, ServerMessage};
 use support::server::TestServer;
 use support::{PartyClient, server_error_code};
 use sync::{Cause, EventBody, PlaybackCommand};
@@ -72,7 +72,8 @@ async fn members_share_playback_and_chat_scheduled_ahead() {
 async fn clock_probes_are_answered_before_and_after_joining() {
     let server = TestServer::start().await;
     let mut ws = support::WsClient::connect(server.http).await.unwrap();
-    ws.send(&ClientMessage::TimeProbe { t0: 42.25 }).unwrap();
+    ws.send(&ClientMessage::Party(PartyMessage::TimeProbe { t0: 42.25 }))
+        .unwrap();
     let reply = ws
         .recv_until(|m| matches!(m, ServerMessage::TimeReply { .. }))
         .await
@@ -164,10 +165,10 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
 
     // Before joining, and for parties that do not exist.
     let mut ws = support::WsClient::connect(server.http).await.unwrap();
-    ws.send(&ClientMessage::Chat {
+    ws.send(&ClientMessage::Party(PartyMessage::Chat {
         op_id: "x".into(),
         text: "hi".into(),
-    })
+    }))
     .unwrap();
     ws.expect_error(ErrorCode::NotJoined).await.unwrap();
     let err = PartyClient::join(&url, "NOPE42", "Eve")
@@ -187,10 +188,10 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     ann.playback(load(), None).await.unwrap();
     let op = ann.op();
     ann.request(
-        ClientMessage::SetControl {
+        ClientMessage::Party(PartyMessage::SetControl {
             op_id: op.clone(),
             control: sync::Control::Host,
-        },
+        }),
         &op,
     )
     .await
@@ -198,12 +199,13 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     ann.wait_for(|c| c.version() == 3).await.unwrap();
     let version = ann.version();
 
-    let playback =
-        |op: &str, command: PlaybackCommand, base: Option<u64>| ClientMessage::Playback {
+    let playback = |op: &str, command: PlaybackCommand, base: Option<u64>| {
+        ClientMessage::Party(PartyMessage::Playback {
             op_id: op.into(),
             command,
             base_version: base,
-        };
+        })
+    };
     // Without permission.
     bob.expect_refusal(
         playback("b1", PlaybackCommand::Play, None),
@@ -213,10 +215,10 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     .unwrap();
     let op = bob.op();
     bob.expect_refusal(
-        ClientMessage::SetControl {
+        ClientMessage::Party(PartyMessage::SetControl {
             op_id: op,
             control: sync::Control::Everyone,
-        },
+        }),
         ErrorCode::PermissionDenied,
     )
     .await
@@ -239,16 +241,22 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     }
     ann.send_raw(r#"{"type":"playback","opId":"a3","command":{"action":"seek","positionMs":NaN}}"#)
         .unwrap();
-    ann.expect_refusal(ClientMessage::Ping { id: 0 }, ErrorCode::BadMessage)
-        .await
-        .unwrap();
+    ann.expect_refusal(
+        ClientMessage::Room(RoomMessage::Ping { id: 0 }),
+        ErrorCode::BadMessage,
+    )
+    .await
+    .unwrap();
     ann.send_raw(
         r#"{"type":"playback","opId":"a3","command":{"action":"seek","positionMs":"soon"}}"#,
     )
     .unwrap();
-    ann.expect_refusal(ClientMessage::Ping { id: 0 }, ErrorCode::BadMessage)
-        .await
-        .unwrap();
+    ann.expect_refusal(
+        ClientMessage::Room(RoomMessage::Ping { id: 0 }),
+        ErrorCode::BadMessage,
+    )
+    .await
+    .unwrap();
     ann.expect_refusal(
         playback("a4", PlaybackCommand::Rate { rate: 100.0 }, None),
         ErrorCode::InvalidRate,
@@ -275,10 +283,10 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     .unwrap();
     // Chat over the size limit, then a flood.
     ann.expect_refusal(
-        ClientMessage::Chat {
+        ClientMessage::Party(PartyMessage::Chat {
             op_id: "c0".into(),
             text: "x".repeat(501),
-        },
+        }),
         ErrorCode::ChatTooLong,
     )
     .await
@@ -298,9 +306,12 @@ async fn bad_input_gets_stable_codes_and_harms_no_one() {
     // Reports with nonsense.
     ann.send_raw(r#"{"type":"syncReport","positionMs":1e999}"#)
         .unwrap();
-    ann.expect_refusal(ClientMessage::Ping { id: 0 }, ErrorCode::BadMessage)
-        .await
-        .unwrap();
+    ann.expect_refusal(
+        ClientMessage::Room(RoomMessage::Ping { id: 0 }),
+        ErrorCode::BadMessage,
+    )
+    .await
+    .unwrap();
 
     // Nothing was corrupted, and the others carry on: Cat chats, Ann still controls.
     assert_eq!(ann.version(), version);

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures_util::{SinkExt, StreamExt};
 use signaling::protocol::{
-    ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, Limits, MediaKind, PROTOCOL_VERSION, Role, RoomState,
-    ServerMessage, decode_client_message,
+    ClientMessage, DEFAULT_MAX_MESSAGE_BYTES, Limits, MediaKind, PROTOCOL_VERSION, Role,
+    RoomMessage, RoomState, ServerMessage, decode_client_message,
 };
 use support::*;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -339,13 +339,13 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
             let mut log = Vec::new();
             while let Some(message) = next_client_message(&mut ws).await? {
                 match &message {
-                    ClientMessage::Join {
+                    ClientMessage::Room(RoomMessage::Join {
                         role: Role::Host, ..
-                    } => {
+                    }) => {
                         send(&mut ws, &room_state()).await?;
                         send(&mut ws, &joined(Role::Host)).await?;
                     }
-                    ClientMessage::Offer { sdp } => {
+                    ClientMessage::Room(RoomMessage::Offer { sdp }) => {
                         subscriber.answer(sdp).await?;
                         let sdp = subscriber
                             .peer()
@@ -353,7 +353,7 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
                             .await?;
                         send(&mut ws, &ServerMessage::Answer { sdp }).await?;
                     }
-                    ClientMessage::Candidate { candidate } => {
+                    ClientMessage::Room(RoomMessage::Candidate { candidate }) => {
                         subscriber.peer().add_remote_candidate(candidate).await?;
                         if candidate.candidate.is_empty() {
                             end_of_candidates_tx.take().map(|tx| tx.send(()));
@@ -402,20 +402,20 @@ async fn host_joins_and_publishes_through_a_fake_server() -> Result<()> {
     let log = tokio::time::timeout(WAIT, server).await???;
     assert!(matches!(
         log[0],
-        ClientMessage::Join {
+        ClientMessage::Room(RoomMessage::Join {
             version: PROTOCOL_VERSION,
             room: None,
             ..
-        }
+        })
     ));
     assert!(
-        matches!(log[1], ClientMessage::Offer { .. }),
+        matches!(log[1], ClientMessage::Room(RoomMessage::Offer { .. })),
         "offer before any candidate"
     );
     let candidates: Vec<_> = log[2..]
         .iter()
         .map(|m| match m {
-            ClientMessage::Candidate { candidate } => candidate,
+            ClientMessage::Room(RoomMessage::Candidate { candidate }) => candidate,
             other => panic!("expected only candidates after the offer, got {other:?}"),
         })
         .collect();
@@ -449,7 +449,7 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
                 loop {
                     let message = next_client_message(&mut ws).await?.context("closed")?;
                     let answer = match &message {
-                        ClientMessage::Answer { sdp } => Some(sdp.clone()),
+                        ClientMessage::Room(RoomMessage::Answer { sdp }) => Some(sdp.clone()),
                         _ => None,
                     };
                     log.push(message);
@@ -510,16 +510,16 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
     let log = tokio::time::timeout(WAIT, server).await???;
     assert!(matches!(
         &log[0],
-        ClientMessage::Join { role: Role::Viewer, room: Some(room), .. } if room == "ROOM1"
+        ClientMessage::Room(RoomMessage::Join { role: Role::Viewer, room: Some(room), .. }) if room == "ROOM1"
     ));
     let answers = log
         .iter()
-        .filter(|m| matches!(m, ClientMessage::Answer { .. }))
+        .filter(|m| matches!(m, ClientMessage::Room(RoomMessage::Answer { .. })))
         .count();
     assert_eq!(answers, 2);
     assert!(
         log.iter()
-            .any(|m| matches!(m, ClientMessage::Candidate { .. }))
+            .any(|m| matches!(m, ClientMessage::Room(RoomMessage::Candidate { .. })))
     );
     publisher.close().await?;
     Ok(())

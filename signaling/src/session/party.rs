@@ -13,7 +13,7 @@ use crate::auth::Grant;
 use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
 use crate::parties::{Delivery, Entry, classify};
-use crate::protocol::{ClientMessage, ErrorCode, PROTOCOL_VERSION, PartyLimits, ServerMessage};
+use crate::protocol::{ErrorCode, PROTOCOL_VERSION, PartyLimits, PartyMessage, ServerMessage};
 use crate::rooms::{CODE_LEN, KEY_LEN, normalize_code, random_code};
 use crate::telemetry::JoinKind;
 use crate::wall_clock;
@@ -45,10 +45,10 @@ impl Session {
     /// Handles the party messages of the protocol.
     pub(super) async fn handle_party(
         &mut self,
-        message: ClientMessage,
+        message: PartyMessage,
     ) -> Result<Vec<ServerMessage>, Failure> {
         match message {
-            ClientMessage::PartyJoin {
+            PartyMessage::PartyJoin {
                 version,
                 party,
                 name,
@@ -82,7 +82,7 @@ impl Session {
                 }
                 joined
             }
-            ClientMessage::Playback {
+            PartyMessage::Playback {
                 op_id,
                 command,
                 base_version,
@@ -94,7 +94,7 @@ impl Session {
                 })
                 .await
             }
-            ClientMessage::SetControl { op_id, control } => {
+            PartyMessage::SetControl { op_id, control } => {
                 self.require(Grant::Moderate)?;
                 self.operate(op_id, move |p, _, wall, member, op| {
                     p.prepare_control(wall, &member, control, op)
@@ -102,7 +102,7 @@ impl Session {
                 })
                 .await
             }
-            ClientMessage::Chat { op_id, text } => {
+            PartyMessage::Chat { op_id, text } => {
                 self.require(Grant::Chat)?;
                 self.check_party_chat_rate()?;
                 self.operate(op_id, move |p, now, wall, member, op| {
@@ -111,7 +111,7 @@ impl Session {
                 })
                 .await
             }
-            ClientMessage::React { op_id, emoji } => {
+            PartyMessage::React { op_id, emoji } => {
                 self.require(Grant::Chat)?;
                 self.check_party_chat_rate()?;
                 self.operate(op_id, move |p, now, wall, member, op| {
@@ -120,13 +120,13 @@ impl Session {
                 })
                 .await
             }
-            ClientMessage::Typing { typing } => {
+            PartyMessage::Typing { typing } => {
                 let (party, member) = self.party_ids()?;
                 self.with_party(&party, move |p, _, _| p.set_typing(&member, typing))
                     .await?;
                 Ok(vec![])
             }
-            ClientMessage::Camera { on } => {
+            PartyMessage::Camera { on } => {
                 if on {
                     self.require(Grant::Publish)?;
                 }
@@ -135,7 +135,7 @@ impl Session {
                     .await?;
                 Ok(vec![])
             }
-            ClientMessage::SyncReport {
+            PartyMessage::SyncReport {
                 status,
                 position_ms,
                 at,
@@ -168,17 +168,11 @@ impl Session {
                 }
                 Ok(vec![])
             }
-            ClientMessage::TimeProbe { t0 } => Ok(vec![ServerMessage::TimeReply {
+            PartyMessage::TimeProbe { t0 } => Ok(vec![ServerMessage::TimeReply {
                 t0,
                 t1: self.received_ms,
                 t2: wall_clock::now_ms(),
             }]),
-            // `Session::handle` routes only the party messages here (an exhaustive list, so
-            // a new message type cannot slip in); an error, not a panic, if that changes.
-            _ => Err(Failure::new(
-                ErrorCode::Internal,
-                "this message is not a party message".into(),
-            )),
         }
     }
 
