@@ -4,7 +4,8 @@
 # rule is broken.
 #   - the party core and the media plane never reach each other or the edge;
 #   - the protocol crate is a leaf of the workspace;
-#   - clients never reach the server's crates (nor axum, the server's HTTP stack).
+#   - clients never reach the server's crates (nor axum, the server's HTTP stack);
+#   - signaling's modules import one another without a circle.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,24 @@ check sync sfu signaling marquee-client rtc
 check marquee-protocol sync sfu signaling redis
 check marquee-client signaling sfu axum
 check loadtest signaling sfu axum
+
+# Inside `signaling`, modules import one another without a circle (`lib.rs`, the composition
+# root, and `main.rs` aside; a submodule counts as its parent): each can be read alone.
+edges=$(for f in signaling/src/*.rs signaling/src/*/*.rs; do
+    module=$(basename "${f%.rs}")
+    parent=$(basename "$(dirname "$f")")
+    [ "$parent" != src ] && module=$parent
+    case $module in lib | main) continue ;; esac
+    grep -oE 'crate::[a-z_]+' "$f" | sed 's/^crate:://' | sort -u | while read -r target; do
+        if [ -f "signaling/src/$target.rs" ] && [ "$target" != "$module" ]; then
+            echo "$module $target"
+        fi
+    done
+done)
+if loops=$(echo "$edges" | tsort 2>&1 >/dev/null) && [ -z "$loops" ]; then
+    echo "ok - signaling's modules import one another without a circle"
+else
+    echo "not ok - signaling has an import circle: $(echo "$loops" | tr '\n' ' ')"
+    failed=$((failed + 1))
+fi
 exit $((failed > 0))

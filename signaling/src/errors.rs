@@ -8,6 +8,7 @@ use sfu::SfuError;
 use sync::{PartyError, StoreError};
 
 use crate::auth::AuthError;
+use crate::codes::InvalidCode;
 use crate::protocol::ErrorCode;
 use crate::rooms::Refusal;
 
@@ -117,6 +118,12 @@ impl From<StoreError> for Failure {
 impl From<&AuthError> for Failure {
     fn from(err: &AuthError) -> Self {
         Self::new(err.code(), err.to_string())
+    }
+}
+
+impl From<InvalidCode> for Failure {
+    fn from(err: InvalidCode) -> Self {
+        Self::new(ErrorCode::InvalidRoom, err.to_string())
     }
 }
 

@@ -7,7 +7,8 @@
 //! - `media`: binding the UDP media port.
 //! - `rooms`: room membership and coalesced room state.
 //! - `parties`: watch-party replicas of this node, fed by the sync store.
-//! - `session`: one WebSocket session (live rooms and parties).
+//! - `session`: one WebSocket session (live rooms and parties); `mailbox`: what other tasks
+//!   queue for a session; `codes`: room codes ([`RoomCode`](codes::RoomCode)) and keys.
 //! - `whip`: WHIP ingest and WHEP playback sessions over HTTP.
 //! - `errors`: every core error as a client sees it (wire code, HTTP status), mapped once.
 //! - [`auth`]: access tokens; [`turn`]: TURN credentials; [`limits`]: rate limiters;
@@ -15,10 +16,12 @@
 //! - `wall_clock`: the one place the edge reads the wall clock.
 
 pub use marquee_protocol::auth;
+mod codes;
 pub mod config;
 mod errors;
 mod join_trace;
 pub mod limits;
+mod mailbox;
 mod media;
 mod parties;
 pub use marquee_protocol::wire as protocol;
@@ -53,9 +56,9 @@ pub use media::bind_media;
 
 use auth::{Access, TokenKey};
 use limits::{KeyedLimiter, Rate};
+use mailbox::SessionId;
 use parties::PartiesHandle;
 use rooms::RoomsHandle;
-use session::SessionId;
 use sync::{MemoryStore, RedisStore, Store, StoreConfig};
 use telemetry::Metrics;
 use turn::IceServer;
@@ -176,7 +179,9 @@ impl AppState {
             while let Some(event) = room_events_rx.recv().await {
                 if let SfuEvent::Tracks { room, tracks } = event {
                     let tracks = tracks.iter().map(rooms::track_info).collect();
-                    rooms_for_events.set_tracks(room.to_string(), tracks).await;
+                    if let Ok(room) = codes::RoomCode::parse(room.as_str()) {
+                        rooms_for_events.set_tracks(room, tracks).await;
+                    }
                 }
             }
         });

@@ -13,8 +13,8 @@ use sync::{Event, Feed, MemberId, Party, PartyConfig, PartyId, Presence, Store, 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::mailbox::{Outbox, SessionId};
 use crate::protocol::PartyState;
-use crate::session::{Outbox, SessionId};
 use crate::wall_clock;
 
 /// Pending requests to the parties task before callers wait.

@@ -7,30 +7,20 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::codes::{InvalidCode, KEY_LEN, RoomCode, random_code};
+use crate::mailbox::{Outbox, SessionId};
 use crate::protocol::{ErrorCode, MediaKind, Participant, Role, RoomState, TrackInfo};
-use crate::session::{Outbox, SessionId};
 
 /// Pending requests to the rooms task before callers wait.
 const ROOMS_QUEUE: usize = 1024;
-/// Room codes: 6 characters from an alphabet without look-alikes (0/O, 1/I/L), easy to read
-/// off a TV and type on a phone. 31^6 ≈ 887 million codes.
-const CODE_ALPHABET: &[u8] = b"ABCDEFGHJKMNPQRSTUVWXYZ23456789";
-pub(crate) const CODE_LEN: usize = 6;
-/// Secret keys (host keys, party member keys): 32 characters of the same alphabet, about
-/// 158 bits.
-pub(crate) const KEY_LEN: usize = 32;
-/// Longest room code a client may choose.
-pub const MAX_ROOM_CODE: usize = 32;
-
 /// A session asking to join a room (the fields of a protocol `join`, checked).
 #[derive(Debug)]
 pub struct JoinRequest {
     pub session: SessionId,
     /// `None`: a host asking for a fresh room.
-    pub room: Option<String>,
+    pub room: Option<RoomCode>,
     pub name: String,
     pub role: Role,
     pub host_key: Option<String>,
@@ -72,7 +62,7 @@ impl Default for Admission {
 /// A granted join.
 #[derive(Debug)]
 pub struct Grant {
-    pub room: String,
+    pub room: RoomCode,
     /// For hosts: the key that lets this host take the room over from a stale session.
     pub host_key: Option<String>,
 }
@@ -96,10 +86,10 @@ enum Command {
     },
     Leave {
         session: SessionId,
-        room: String,
+        room: RoomCode,
     },
     Tracks {
-        room: String,
+        room: RoomCode,
         tracks: Vec<TrackInfo>,
     },
 }
@@ -118,12 +108,12 @@ impl RoomsHandle {
         rx.await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    pub async fn leave(&self, session: SessionId, room: String) {
+    pub async fn leave(&self, session: SessionId, room: RoomCode) {
         let _ = self.tx.send(Command::Leave { session, room }).await;
     }
 
     /// Records the tracks the SFU reports for a room.
-    pub async fn set_tracks(&self, room: String, tracks: Vec<TrackInfo>) {
+    pub async fn set_tracks(&self, room: RoomCode, tracks: Vec<TrackInfo>) {
         let _ = self.tx.send(Command::Tracks { room, tracks }).await;
     }
 }
@@ -148,7 +138,7 @@ pub fn spawn_rooms(room_state_interval: Duration, admission: Admission) -> Rooms
 }
 
 struct Rooms {
-    rooms: HashMap<String, Room>,
+    rooms: HashMap<RoomCode, Room>,
     /// Members of all rooms (kept in step with every insert and removal).
     members: usize,
     admission: Admission,
@@ -231,7 +221,6 @@ impl Rooms {
                 let Some(code) = room else {
                     return Err(refusal(ErrorCode::InvalidRoom, "a viewer must name a room"));
                 };
-                let code = normalize_code(&code)?;
                 let Some(r) = self.rooms.get_mut(&code) else {
                     return Err(refusal(
                         ErrorCode::RoomNotFound,
@@ -261,7 +250,7 @@ impl Rooms {
             }
             Role::Host => {
                 let code = match room {
-                    Some(code) => normalize_code(&code)?,
+                    Some(code) => code,
                     None => self.unused_code(),
                 };
                 // Admission first, so a refused host leaves no empty room behind. A host
@@ -320,7 +309,7 @@ impl Rooms {
         }
     }
 
-    fn leave(&mut self, session: SessionId, code: &str) {
+    fn leave(&mut self, session: SessionId, code: &RoomCode) {
         let Some(r) = self.rooms.get_mut(code) else {
             return;
         };
@@ -354,9 +343,9 @@ impl Rooms {
         }
     }
 
-    fn unused_code(&self) -> String {
+    fn unused_code(&self) -> RoomCode {
         loop {
-            let code = random_code(CODE_LEN);
+            let code = RoomCode::random();
             if !self.rooms.contains_key(&code) {
                 return code;
             }
@@ -366,7 +355,7 @@ impl Rooms {
 
 impl Room {
     /// Viewers are counted, not listed: a live event can have thousands.
-    fn snapshot(&self, code: &str) -> RoomState {
+    fn snapshot(&self, code: &RoomCode) -> RoomState {
         let participants = self
             .host
             .iter()
@@ -377,7 +366,7 @@ impl Room {
             })
             .collect();
         RoomState {
-            room: code.to_owned(),
+            room: code.to_string(),
             live: self.host.is_some() && self.tracks.iter().any(|t| t.active),
             participants,
             tracks: self.tracks.clone(),
@@ -400,29 +389,10 @@ fn refusal(code: ErrorCode, message: impl Into<String>) -> Refusal {
     }
 }
 
-/// Room codes are case-insensitive (typed on phones and TV remotes): stored upper-case.
-/// Allowed: 1–32 ASCII letters, digits, `-` and `_`.
-pub fn normalize_code(code: &str) -> Result<String, Refusal> {
-    let valid = !code.is_empty()
-        && code.len() <= MAX_ROOM_CODE
-        && code
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if !valid {
-        return Err(refusal(
-            ErrorCode::InvalidRoom,
-            format!("a room code is 1 to {MAX_ROOM_CODE} letters, digits, '-' or '_'"),
-        ));
+impl From<InvalidCode> for Refusal {
+    fn from(err: InvalidCode) -> Self {
+        refusal(ErrorCode::InvalidRoom, err.to_string())
     }
-    Ok(code.to_ascii_uppercase())
-}
-
-/// `len` characters of [`CODE_ALPHABET`], uniformly random.
-pub(crate) fn random_code(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| CODE_ALPHABET[rng.random_range(0..CODE_ALPHABET.len())] as char)
-        .collect()
 }
 
 /// Converts the SFU's view of a track into the protocol's.
@@ -434,21 +404,5 @@ pub fn track_info(track: &sfu::TrackInfo) -> TrackInfo {
             sfu::MediaKind::Video => MediaKind::Video,
         },
         active: track.active,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn room_codes_are_validated_and_case_folded() {
-        assert_eq!(normalize_code("abc-12").unwrap(), "ABC-12");
-        for bad in ["", "has space", "ünï", &"x".repeat(33), "a/b"] {
-            assert_eq!(
-                normalize_code(bad).unwrap_err().code,
-                ErrorCode::InvalidRoom
-            );
-        }
     }
 }

@@ -1,7 +1,6 @@
 //! One WebSocket session: parses client messages, talks to the rooms task and the SFU, and
 //! writes server messages. Bad input gets an error with a stable code; the session goes on.
 
-use std::fmt;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -12,12 +11,14 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::{Grant, Grants};
+use crate::codes::RoomCode;
 use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
 use crate::limits::Limiter;
+use crate::mailbox::{OUTBOX_CAPACITY, Outbox, SFU_EVENTS_CAPACITY, SessionEvent, SessionId};
 use crate::protocol::{
-    ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION,
-    PartyState, Role, RoomMessage, RoomState, ServerMessage, decode_client_message,
+    ClientMessage, ErrorBody, ErrorCode, IceCandidate, Limits, MediaState, PROTOCOL_VERSION, Role,
+    RoomMessage, ServerMessage, decode_client_message,
 };
 use crate::rooms::JoinRequest;
 use crate::telemetry::JoinKind;
@@ -27,13 +28,6 @@ mod party;
 
 use party::PartyMembership;
 
-/// Messages queued for one session by other tasks (room and party state, party events).
-/// When full the sender skips the message: snapshots are retried later, and a skipped party
-/// event shows up as a gap that the session fills from the store. No task ever waits on a
-/// slow session.
-pub(crate) const OUTBOX_CAPACITY: usize = 256;
-/// SFU events (offers, connection state) queued for one session.
-pub(crate) const SFU_EVENTS_CAPACITY: usize = 32;
 /// The server pings an idle client this often...
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
 /// ...and closes the session when it has heard nothing for this long (a phone that slept,
@@ -42,70 +36,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 /// Longest display name kept; longer names are cut.
 const MAX_NAME_CHARS: usize = 64;
 
-/// Identifies a WebSocket session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct SessionId(pub u64);
-
-impl fmt::Display for SessionId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "s{}", self.0)
-    }
-}
-
-/// What other tasks may tell a session.
-#[derive(Debug)]
-pub enum SessionEvent {
-    RoomState(RoomState),
-    /// The same host joined from a new connection; this one is stale.
-    Replaced,
-    PartyEvent(sync::Event),
-    PartyState(PartyState),
-    /// The same party member joined from a new connection; this one is stale.
-    PartyReplaced,
-}
-
-/// The sending side of a session's mailbox.
-#[derive(Debug, Clone)]
-pub struct Outbox(mpsc::Sender<SessionEvent>);
-
-impl Outbox {
-    pub fn new(tx: mpsc::Sender<SessionEvent>) -> Self {
-        Self(tx)
-    }
-
-    /// Queues a room snapshot; false if the session's mailbox is full.
-    pub fn room_state(&self, state: RoomState) -> bool {
-        self.offer(SessionEvent::RoomState(state))
-    }
-
-    pub fn replaced(&self) {
-        let _ = self.0.try_send(SessionEvent::Replaced);
-    }
-
-    /// Queues a party event; false if the mailbox is full (the session fills the gap).
-    pub fn party_event(&self, event: sync::Event) -> bool {
-        self.offer(SessionEvent::PartyEvent(event))
-    }
-
-    /// Queues a party snapshot; false if the mailbox is full.
-    pub fn party_state(&self, state: PartyState) -> bool {
-        self.offer(SessionEvent::PartyState(state))
-    }
-
-    pub fn party_replaced(&self) {
-        let _ = self.0.try_send(SessionEvent::PartyReplaced);
-    }
-
-    fn offer(&self, event: SessionEvent) -> bool {
-        match self.0.try_send(event) {
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => false,
-        }
-    }
-}
-
 struct Membership {
-    room: String,
+    room: RoomCode,
     role: Role,
     peer: Option<PeerId>,
 }
@@ -137,7 +69,7 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
     let mut session = Session {
         id,
         state,
-        outbox: Outbox(outbox_tx),
+        outbox: Outbox::new(outbox_tx),
         sfu_events: sfu_tx,
         membership: None,
         party: None,
@@ -312,7 +244,7 @@ impl Session {
                             .state
                             .sfu
                             .add_peer(
-                                sfu::RoomId::new(&room),
+                                sfu::RoomId::new(room.as_str()),
                                 sfu::Role::Publisher,
                                 self.sfu_events.clone(),
                             )
@@ -410,6 +342,7 @@ impl Session {
                 "already in a room; send leave first".into(),
             ));
         }
+        let room = (room.as_deref().map(RoomCode::parse).transpose()).map_err(Failure::from)?;
         let identity = {
             let _stage = trace.stage(Stage::Authorize).entered();
             let grant = match role {
@@ -418,11 +351,8 @@ impl Session {
             };
             // A host without a room asks for a fresh code: only a token for any room (`*`)
             // may do that.
-            let room_code = match &room {
-                Some(code) => crate::rooms::normalize_code(code).map_err(Failure::from)?,
-                None => String::new(),
-            };
-            self.authorize(token.as_deref(), &room_code, grant)?
+            let scope = room.as_ref().map_or("", RoomCode::as_str);
+            self.authorize(token.as_deref(), scope, grant)?
         };
         let name = clean_name(&name);
         let grant = self
@@ -453,7 +383,7 @@ impl Session {
                 .state
                 .sfu
                 .add_peer(
-                    sfu::RoomId::new(&grant.room),
+                    sfu::RoomId::new(grant.room.as_str()),
                     sfu::Role::Subscriber,
                     self.sfu_events.clone(),
                 )
@@ -470,7 +400,7 @@ impl Session {
         self.membership = Some(membership);
         Ok(vec![ServerMessage::Joined {
             version: PROTOCOL_VERSION,
-            room: grant.room,
+            room: grant.room.into_string(),
             peer_id: self.id.to_string(),
             role,
             host_key: grant.host_key,

@@ -31,11 +31,12 @@ use tracing::Instrument;
 
 use crate::AppState;
 use crate::auth::{AuthError, Grant, Identity};
+use crate::codes::{RoomCode, random_code};
 use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
+use crate::mailbox::{OUTBOX_CAPACITY, Outbox, SFU_EVENTS_CAPACITY, SessionEvent, SessionId};
 use crate::protocol::{ErrorCode, Role};
-use crate::rooms::{JoinRequest, normalize_code, random_code};
-use crate::session::{Outbox, SessionEvent, SessionId};
+use crate::rooms::JoinRequest;
 use crate::telemetry::JoinKind;
 use crate::wall_clock;
 
@@ -93,7 +94,7 @@ pub struct Resources {
 #[derive(Clone)]
 struct Resource {
     kind: Kind,
-    room: String,
+    room: RoomCode,
     peer: PeerId,
     etag: String,
     /// The client's current ICE ufrag: a PATCH with another one is an ICE restart.
@@ -103,10 +104,10 @@ struct Resource {
 }
 
 impl Resources {
-    fn get(&self, kind: Kind, room: &str, id: &str) -> Option<Resource> {
+    fn get(&self, kind: Kind, room: &RoomCode, id: &str) -> Option<Resource> {
         let map = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         map.get(id)
-            .filter(|r| r.kind == kind && r.room == room)
+            .filter(|r| r.kind == kind && r.room == *room)
             .cloned()
     }
 
@@ -289,8 +290,8 @@ fn body_text(body: Result<Bytes, BytesRejection>, code: ErrorCode) -> Result<Str
         .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, code, "the body is not UTF-8 text"))
 }
 
-fn room_code(room: &str) -> Result<String, HttpError> {
-    normalize_code(room).map_err(|refusal| HttpError::from(Failure::from(refusal)))
+fn room_code(room: &str) -> Result<RoomCode, HttpError> {
+    RoomCode::parse(room).map_err(|err| HttpError::from(Failure::from(err)))
 }
 
 /// Per-IP request budget for WHIP/WHEP (floods of POSTs are the expensive part: each one
@@ -305,7 +306,7 @@ fn check_rate(state: &AppState, remote: SocketAddr) -> Result<(), HttpError> {
 fn authorize(
     state: &AppState,
     headers: &HeaderMap,
-    room: &str,
+    room: &RoomCode,
     grant: Grant,
 ) -> Result<Identity, HttpError> {
     let token = headers
@@ -314,7 +315,7 @@ fn authorize(
         .and_then(crate::auth::bearer);
     state
         .access
-        .check(token, room, grant, wall_clock::now_unix_secs())
+        .check(token, room.as_str(), grant, wall_clock::now_unix_secs())
         .map_err(|err| HttpError::auth(&err))
 }
 
@@ -382,7 +383,7 @@ async fn create(
     require_content_type(&headers, SDP)?;
     let offer = body_text(body, ErrorCode::InvalidSdp)?;
     let room = room_code(&room)?;
-    let mut trace = JoinTrace::start(kind.join_kind(), Some(&room));
+    let mut trace = JoinTrace::start(kind.join_kind(), Some(room.as_str()));
     match create_session(kind, &state, &headers, &room, offer, &mut trace).await {
         Ok((response, session)) => {
             let span = tracing::info_span!(parent: trace.root(), "session", kind = kind.path());
@@ -401,7 +402,7 @@ async fn create(
 struct Session {
     id: String,
     session: SessionId,
-    room: String,
+    room: RoomCode,
     peer: PeerId,
     kind: Kind,
     outbox: mpsc::Receiver<SessionEvent>,
@@ -413,7 +414,7 @@ async fn create_session(
     kind: Kind,
     state: &AppState,
     headers: &HeaderMap,
-    room: &str,
+    room: &RoomCode,
     offer: String,
     trace: &mut JoinTrace,
 ) -> Result<(Response, Session), HttpError> {
@@ -422,7 +423,7 @@ async fn create_session(
         authorize(state, headers, room, kind.grant())?
     };
     let session = state.next_session_id();
-    let (outbox_tx, outbox_rx) = mpsc::channel(crate::session::OUTBOX_CAPACITY);
+    let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let name = identity
         .name
         .clone()
@@ -432,7 +433,7 @@ async fn create_session(
         .rooms
         .join(JoinRequest {
             session,
-            room: Some(room.to_owned()),
+            room: Some(room.clone()),
             name,
             role: kind.role(),
             host_key: None,
@@ -443,7 +444,7 @@ async fn create_session(
         .instrument(trace.stage(Stage::Admit))
         .await
         .map_err(|refusal| HttpError::from(Failure::from(refusal)))?;
-    let (sfu_tx, sfu_rx) = mpsc::channel(crate::session::SFU_EVENTS_CAPACITY);
+    let (sfu_tx, sfu_rx) = mpsc::channel(SFU_EVENTS_CAPACITY);
     let role = match kind {
         Kind::Whip => sfu::Role::Publisher,
         Kind::Whep => sfu::Role::Subscriber,
@@ -451,7 +452,7 @@ async fn create_session(
     let remote_ufrag = ice_attribute(&offer, "ice-ufrag").map(str::to_owned);
     let added = state
         .sfu
-        .add_peer_with_offer(sfu::RoomId::new(&grant.room), role, offer, sfu_tx)
+        .add_peer_with_offer(sfu::RoomId::new(grant.room.as_str()), role, offer, sfu_tx)
         .instrument(trace.stage(Stage::Negotiate))
         .await;
     let (peer, answer) = match added {

@@ -10,11 +10,11 @@ use tracing::Instrument;
 
 use super::Session;
 use crate::auth::Grant;
+use crate::codes::{CODE_LEN, KEY_LEN, RoomCode, random_code};
 use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
 use crate::parties::{Delivery, Entry, classify};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, PartyLimits, PartyMessage, ServerMessage};
-use crate::rooms::{CODE_LEN, KEY_LEN, normalize_code, random_code};
 use crate::telemetry::JoinKind;
 use crate::wall_clock;
 
@@ -61,7 +61,7 @@ impl Session {
                 // one takes a token for it with `subscribe`. The grants then decide the rest.
                 let (room, grant) = match &party {
                     Some(code) => (
-                        normalize_code(code).map_err(Failure::from)?,
+                        RoomCode::parse(code).map_err(Failure::from)?.into_string(),
                         Grant::Subscribe,
                     ),
                     None => (String::new(), Grant::Moderate),
@@ -216,7 +216,7 @@ impl Session {
                 (code, stored, record, false)
             }
             Some(code) => {
-                let code = PartyId(normalize_code(&code).map_err(Failure::from)?);
+                let code = PartyId(RoomCode::parse(&code).map_err(Failure::from)?.into_string());
                 let stored = store
                     .load(&code)
                     .await
