@@ -10,7 +10,7 @@ use marquee_protocol::wire::{
 };
 use sync::{Event, EventBody, PlaybackCommand, SharedState};
 
-use crate::live::{ServerError, WsClient};
+use crate::ws::{ServerError, WsClient};
 
 /// Every wait of a party client is bounded by this.
 pub const PARTY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -207,9 +207,7 @@ impl PartyClient {
         let op_id = self.op();
         loop {
             match self.chat_with_op(text, &op_id).await {
-                Err(err)
-                    if crate::live::server_error_code(&err) == Some(ErrorCode::RateLimited) =>
-                {
+                Err(err) if crate::ws::server_error_code(&err) == Some(ErrorCode::RateLimited) => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 result => return result,

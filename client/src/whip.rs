@@ -12,7 +12,8 @@ use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use webrtc::peer_connection::RTCSessionDescription;
 
-use crate::live::{Publisher, Subscriber};
+use crate::publisher::Publisher;
+use crate::subscriber::Subscriber;
 
 /// An HTTP answer of a WHIP/WHEP endpoint, kept whole so tests can check every part.
 #[derive(Debug, Clone)]
