@@ -10,6 +10,7 @@ use marquee_protocol::wire::{
 };
 use sync::{Event, EventBody, PlaybackCommand, SharedState};
 
+use crate::util::tokio_now;
 use crate::ws::{ServerError, WsClient};
 
 /// Every wait of a party client is bounded by this.
@@ -301,7 +302,7 @@ impl PartyClient {
     /// Receives (recording events and snapshots) until `deadline`; silence is not an error.
     pub async fn pump_until_instant(&mut self, deadline: tokio::time::Instant) -> Result<()> {
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = deadline.saturating_duration_since(tokio_now());
             if left.is_zero() {
                 return Ok(());
             }
@@ -317,9 +318,9 @@ impl PartyClient {
         &mut self,
         mut stop: impl FnMut(&Self, &ServerMessage) -> bool,
     ) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + PARTY_TIMEOUT;
+        let deadline = tokio_now() + PARTY_TIMEOUT;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let left = deadline.saturating_duration_since(tokio_now());
             let message = self.ws.recv_within(left).await.with_context(|| {
                 format!(
                     "{} waiting (seq {}, version {})",

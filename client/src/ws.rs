@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::util::TaskGuard;
+use crate::util::{TaskGuard, tokio_now};
 use marquee_protocol::wire::{
     ClientMessage, ErrorBody, ErrorCode, Limits, PROTOCOL_VERSION, Role, RoomMessage, ServerMessage,
 };
@@ -141,7 +141,7 @@ impl WsReceiver {
         timeout: Duration,
         mut pred: impl FnMut(&ServerMessage) -> bool,
     ) -> Result<ServerMessage> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio_now() + timeout;
         let mut skipped = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
@@ -177,7 +177,7 @@ impl WsReceiver {
 
     /// Waits until the server closes the connection, skipping any messages before that.
     pub async fn wait_closed(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio_now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(_)) => continue,

@@ -346,6 +346,7 @@ impl AtomicLinkStats {
 
 /// The relay's clock: the one place it reads the time. Through tokio so a paused test clock
 /// would apply; `into_std` because the model works in std instants.
+#[allow(clippy::disallowed_methods)]
 fn clock_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -1216,6 +1217,7 @@ mod tests {
     }
 
     /// Sends one datagram and waits (bounded) for the echo; returns the round-trip time.
+    #[allow(clippy::disallowed_methods)] // measures a real round trip
     async fn ping(socket: &UdpSocket, payload: &[u8]) -> Option<Duration> {
         let start = tokio::time::Instant::now();
         socket.send(payload).await.unwrap();

@@ -274,7 +274,7 @@ async fn read_datagrams(io: Arc<tokio::net::UdpSocket>, tap: Arc<Tap>, inbox: Ar
         loop {
             match io.try_recv_from(&mut buf) {
                 Ok((len, addr)) => {
-                    let now = tokio::time::Instant::now().into_std();
+                    let now = tap_now();
                     receive(&tap, &inbox, &buf[..len], addr, now);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -490,7 +490,7 @@ async fn read_shared(shared: std::sync::Weak<SharedSocket>) {
         let Ok(count) = received else {
             continue; // ICMP errors (a closed peer port) surface here, per datagram
         };
-        let now = tokio::time::Instant::now().into_std();
+        let now = tap_now();
         let viewers = lock(&socket.viewers);
         for (m, start) in meta[..count].iter().zip((0..).step_by(slot)) {
             let Some(IpAddr::V4(dst)) = m.dst_ip else {
@@ -564,6 +564,13 @@ impl AsyncUdpSocket for SharedTapSocket {
     ) -> Poll<io::Result<usize>> {
         poll_inbox(&self.inbox, cx, bufs, meta)
     }
+}
+
+/// The tap's clock, stamping each received datagram (tokio's, so a paused test clock would
+/// apply; std instants for the stream model): its one marked read.
+#[allow(clippy::disallowed_methods)]
+fn tap_now() -> Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 #[cfg(test)]

@@ -737,6 +737,7 @@ impl Driver {
 }
 
 /// The driver's one clock read. Tokio's clock, so `start_paused` tests control it.
+#[allow(clippy::disallowed_methods)]
 pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }

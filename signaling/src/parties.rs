@@ -19,10 +19,10 @@ use crate::wall_clock;
 
 /// Pending requests to the parties task before callers wait.
 const PARTIES_QUEUE: usize = 1024;
-/// Timers and snapshots are looked at this often. Party deadlines are seconds (group wait
-/// 5 s, presence TTL 15 s), so a quarter second of granularity is invisible; snapshots are
-/// coalesced to at most four a second per party.
-const TICK: Duration = Duration::from_millis(250);
+/// A party's snapshots (members, presence, spread) are coalesced: one goes out at most this
+/// long after the change that made it, so a burst of reports costs one snapshot, at most four
+/// a second per party.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 /// Longest a job waits for its replica to catch up with the log (see [`PartiesHandle::with`]);
 /// after that it runs on what the replica has (the store still guards every write).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
@@ -138,7 +138,8 @@ pub fn spawn_parties(store: Arc<dyn Store>, config: PartyConfig) -> PartiesHandl
         replicas: HashMap::new(),
         available: true,
         tx: tx.clone(),
-        next_refresh: Instant::now(),
+        next_refresh: now(),
+        next_snapshot: None,
     };
     tokio::spawn(parties.run(rx, feed));
     PartiesHandle { tx, store, config }
@@ -152,7 +153,10 @@ struct Parties {
     available: bool,
     /// For tasks that report back (resets after an outage).
     tx: mpsc::Sender<Command>,
+    /// When this node's members' presence is next refreshed in the store.
     next_refresh: Instant,
+    /// When changed parties' snapshots go out; `None` while nothing changed.
+    next_snapshot: Option<Instant>,
 }
 
 struct Replica {
@@ -165,27 +169,63 @@ struct Replica {
 }
 
 impl Parties {
+    /// A driver: it sleeps until the next command, feed item or deadline (a party's timer, a
+    /// job's catch-up limit, the presence refresh, a coalesced snapshot), reads the clock
+    /// once per wake-up and hands that instant down. An idle node does not wake up.
     async fn run(
         mut self,
         mut rx: mpsc::Receiver<Command>,
         mut feed: mpsc::UnboundedReceiver<Feed>,
     ) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let deadline = self.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 command = rx.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        let now = now();
+                        self.handle(now, command);
+                        self.changed(now);
+                    }
                     None => return,
                 },
-                Some(item) = feed.recv() => self.handle_feed(item),
-                _ = tick.tick() => self.tick(),
+                Some(item) = feed.recv() => {
+                    let now = now();
+                    self.handle_feed(now, item);
+                    self.changed(now);
+                }
+                _ = sleep => self.handle_timeout(now()),
             }
         }
     }
 
-    fn handle(&mut self, command: Command) {
-        let (now, wall) = (Instant::now(), wall_clock::now());
+    /// The earliest deadline of any replica, waiting job, presence refresh or snapshot.
+    fn poll_timeout(&self) -> Option<Instant> {
+        let parties = (self.replicas.values())
+            .filter_map(|r| r.party.poll_timeout())
+            .map(Instant::from_std);
+        let jobs = (self.replicas.values())
+            .flat_map(|r| r.waiting.iter().map(|(_, since, _)| *since + CATCH_UP_WAIT));
+        let refresh = (!self.replicas.is_empty()).then_some(self.next_refresh);
+        parties
+            .chain(jobs)
+            .chain(refresh)
+            .chain(self.next_snapshot)
+            .min()
+    }
+
+    /// Something may have changed a party: its snapshot goes out within the interval.
+    fn changed(&mut self, now: Instant) {
+        self.next_snapshot.get_or_insert(now + SNAPSHOT_INTERVAL);
+    }
+
+    fn handle(&mut self, now: Instant, command: Command) {
+        let wall = wall_clock::now();
         match command {
             Command::Join { entry, reply } => {
                 let code = entry.party.clone();
@@ -283,8 +323,8 @@ impl Parties {
         }
     }
 
-    fn handle_feed(&mut self, item: Feed) {
-        let (now, wall) = (Instant::now().into_std(), wall_clock::now());
+    fn handle_feed(&mut self, at: Instant, item: Feed) {
+        let (now, wall) = (at.into_std(), wall_clock::now());
         match item {
             Feed::Event(code, event) => {
                 let Some(replica) = self.replicas.get_mut(&code) else {
@@ -295,7 +335,7 @@ impl Parties {
                         outbox.party_event(event.clone());
                     }
                 }
-                self.run_ready_jobs(&code, Instant::now());
+                self.run_ready_jobs(&code, at);
             }
             Feed::Presence(code, presence) => {
                 if let Some(replica) = self.replicas.get_mut(&code) {
@@ -349,21 +389,24 @@ impl Parties {
         }
     }
 
-    fn tick(&mut self) {
-        let (now, wall) = (Instant::now(), wall_clock::now());
+    /// Whatever is due at `now`: party timers, jobs that waited long enough, the presence
+    /// refresh, coalesced snapshots.
+    fn handle_timeout(&mut self, now: Instant) {
+        let wall = wall_clock::now();
         let refresh = now >= self.next_refresh;
         if refresh {
             // Presence lapses after its TTL: refresh well within it.
             self.next_refresh = now + self.config.presence_ttl / 3;
         }
+        let snapshots = self.next_snapshot.is_some_and(|at| at <= now);
+        if snapshots {
+            self.next_snapshot = None;
+        }
         let codes: Vec<PartyId> = self.replicas.keys().cloned().collect();
         for code in codes {
             let replica = self.replicas.get_mut(&code).expect("listed");
-            if replica
-                .party
-                .poll_timeout()
-                .is_some_and(|t| t <= now.into_std())
-            {
+            let due = (replica.party.poll_timeout()).is_some_and(|t| t <= now.into_std());
+            if due {
                 replica.party.handle_timeout(now.into_std(), wall);
             }
             if refresh {
@@ -371,15 +414,22 @@ impl Parties {
                     self.spawn_presence(&code, presence);
                 }
             }
+            if due {
+                self.changed(now);
+            }
             self.run_ready_jobs(&code, now);
             let replica = self.replicas.get_mut(&code).expect("listed");
-            if replica.party.take_dirty() || replica.undelivered {
+            if snapshots && (replica.party.take_dirty() || replica.undelivered) {
                 let state = snapshot(&code, &replica.party, self.available);
                 let mut all = true;
                 for (_, outbox) in replica.sessions.values() {
                     all &= outbox.party_state(state.clone());
                 }
                 replica.undelivered = !all;
+                if !all {
+                    // A full mailbox missed it: try again next interval.
+                    self.changed(now);
+                }
             }
         }
     }
@@ -395,6 +445,9 @@ impl Parties {
             .into_iter()
             .partition(|(after, since, _)| *after <= applied || now - *since >= CATCH_UP_WAIT);
         replica.waiting = waiting;
+        if !ready.is_empty() {
+            self.next_snapshot.get_or_insert(now + SNAPSHOT_INTERVAL);
+        }
         for (_, _, job) in ready {
             job(&mut replica.party, now.into_std(), wall);
         }
@@ -439,6 +492,13 @@ impl Parties {
     }
 }
 
+/// The parties task's one clock read (GUIDE §2.2): tokio's clock, so paused-time tests
+/// drive it.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
 fn snapshot(code: &PartyId, party: &Party, available: bool) -> PartyState {
     let snapshot = party.snapshot();
     PartyState {
@@ -470,4 +530,87 @@ pub enum Delivery {
     Next,
     /// Something was skipped (a full outbox): fetch the gap from the store first.
     Gap,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::SessionEvent;
+    use sync::{MemberStatus, MemoryStore, SharedState, StoreConfig};
+
+    /// A party in a memory store and a member joined to this node's replica; returns the
+    /// member's mailbox.
+    async fn joined(parties: &PartiesHandle, code: &PartyId) -> mpsc::Receiver<SessionEvent> {
+        let wall = wall_clock::now();
+        let member = MemberId("m1".into());
+        let stored = Stored {
+            state: SharedState::new(member.clone(), wall),
+            last_seq: 0,
+        };
+        assert!(parties.store.create(code, &stored).await.unwrap());
+        let presence = Presence {
+            member_id: member,
+            name: "Ann".into(),
+            joined_at: wall,
+            status: MemberStatus::Ready,
+            typing: false,
+            online: true,
+            camera: false,
+            rtt_ms: None,
+            deviation_ms: None,
+            error_ms: None,
+            reported_at: wall,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let entry = Entry {
+            party: code.clone(),
+            stored,
+            presence: Vec::new(),
+            member: presence,
+            session: SessionId(1),
+            outbox: Outbox::new(tx),
+        };
+        parties.join(entry).await.expect("joined");
+        rx
+    }
+
+    /// The task sleeps until the earliest deadline instead of polling: a job that waits for a
+    /// log position the replica never reaches runs exactly `CATCH_UP_WAIT` after it arrived
+    /// (a 250 ms polling tick made it up to a tick late), on virtual time.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_job_runs_at_its_catch_up_deadline() {
+        let store = Arc::new(MemoryStore::new(StoreConfig::default()));
+        let parties = spawn_parties(store, PartyConfig::default());
+        let code = PartyId("WAITING".into());
+        let _mailbox = joined(&parties, &code).await;
+        // Off any 250 ms grid the old tick would have had.
+        tokio::time::sleep(Duration::from_millis(110)).await;
+        let asked = now();
+        let ran_at = parties
+            .with(&code, 99, |_, now, _| now)
+            .await
+            .expect("the node has the replica");
+        assert_eq!(Instant::from_std(ran_at) - asked, CATCH_UP_WAIT);
+        assert_eq!(now() - asked, CATCH_UP_WAIT);
+    }
+
+    /// A changed party's snapshot reaches its members within `SNAPSHOT_INTERVAL`, and an idle
+    /// party sends nothing more (no polling wake-ups push unchanged state).
+    #[tokio::test(start_paused = true)]
+    async fn snapshots_are_coalesced_and_idle_parties_stay_quiet() {
+        let store = Arc::new(MemoryStore::new(StoreConfig::default()));
+        let parties = spawn_parties(store, PartyConfig::default());
+        let code = PartyId("QUIET".into());
+        let mut mailbox = joined(&parties, &code).await;
+        let started = now();
+        // The join changed the party: one snapshot, within the interval.
+        match tokio::time::timeout(SNAPSHOT_INTERVAL * 2, mailbox.recv()).await {
+            Ok(Some(SessionEvent::PartyState(_))) => {}
+            other => panic!("expected a snapshot, got {other:?}"),
+        }
+        assert!(now() - started <= SNAPSHOT_INTERVAL);
+        // Nothing changes for a while (shorter than the presence TTL): nothing is sent.
+        let quiet = tokio::time::timeout(Duration::from_secs(3), mailbox.recv()).await;
+        assert!(quiet.is_err(), "an unchanged party sent {quiet:?}");
+    }
 }

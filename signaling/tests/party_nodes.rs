@@ -41,6 +41,7 @@ async fn two_nodes_share_one_party_through_redis() {
     // Seek and pause on A; B applies the same timeline.
     ann.playback(load(), None).await.unwrap();
     ann.playback(PlaybackCommand::Play, None).await.unwrap();
+    #[allow(clippy::disallowed_methods)] // a test measuring real propagation
     let seek_sent = tokio::time::Instant::now();
     ann.playback(
         PlaybackCommand::Seek {

@@ -91,7 +91,7 @@ impl MemoryStore {
             }
             data.ops.insert(op.clone(), seq);
             data.op_order.push_back(op);
-            data.touched = Instant::now();
+            data.touched = now();
             if inner.watched.contains(party) {
                 let _ = inner.feed.send(Feed::Event(party.clone(), entry));
             }
@@ -114,7 +114,7 @@ impl Store for MemoryStore {
         let party_ttl = self.config.party_ttl;
         Ok(self.with(|inner| {
             // Forget parties nobody watched or wrote for a day.
-            let now = Instant::now();
+            let now = now();
             let watched = &inner.watched;
             inner
                 .parties
@@ -200,10 +200,8 @@ impl Store for MemoryStore {
         let ttl = self.config.presence_ttl;
         self.with(|inner| {
             let data = inner.parties.get_mut(party).ok_or(StoreError::NotFound)?;
-            data.presence.insert(
-                presence.member_id.clone(),
-                (presence.clone(), Instant::now() + ttl),
-            );
+            data.presence
+                .insert(presence.member_id.clone(), (presence.clone(), now() + ttl));
             if inner.watched.contains(party) {
                 let _ = inner
                     .feed
@@ -227,7 +225,7 @@ impl Store for MemoryStore {
     async fn presence(&self, party: &PartyId) -> Result<Vec<Presence>, StoreError> {
         self.with(|inner| {
             let data = inner.parties.get_mut(party).ok_or(StoreError::NotFound)?;
-            let now = Instant::now();
+            let now = now();
             data.presence.retain(|_, (_, expires)| *expires > now);
             let mut all: Vec<Presence> = data.presence.values().map(|(p, _)| p.clone()).collect();
             all.sort_by(|a, b| a.member_id.cmp(&b.member_id));
@@ -256,4 +254,11 @@ impl Store for MemoryStore {
     fn take_feed(&self) -> Option<mpsc::UnboundedReceiver<Feed>> {
         self.feed.lock().expect("feed lock poisoned").take()
     }
+}
+
+/// The in-memory store's clock for TTLs (a Redis server keeps its own): tokio's, so
+/// paused-time tests drive it.
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
 }
