@@ -23,7 +23,7 @@ use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::{
-    MediaEngine, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    MediaEngine, RTCSessionDescription, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
 
@@ -254,14 +254,6 @@ impl Publisher {
         &self.peer
     }
 
-    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        self.peer.wait_connected(timeout).await
-    }
-
-    pub fn connection_state(&self) -> RTCPeerConnectionState {
-        self.peer.connection_state()
-    }
-
     /// Creates an offer and sets it as the local description; returns its SDP (candidates
     /// trickle separately; see [`Peer::take_candidates`]).
     pub async fn create_offer(&self) -> Result<String> {
@@ -453,6 +445,19 @@ impl Publisher {
     pub async fn close(&self) -> Result<()> {
         self.stop_media();
         self.peer.close().await
+    }
+}
+
+/// Reaches the peer's own methods (`wait_connected`, `connection_state`, ...), as [`Host`] and
+/// [`Viewer`] reach the publisher's.
+///
+/// [`Host`]: crate::live::Host
+/// [`Viewer`]: crate::live::Viewer
+impl std::ops::Deref for Publisher {
+    type Target = Peer;
+
+    fn deref(&self) -> &Peer {
+        &self.peer
     }
 }
 

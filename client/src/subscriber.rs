@@ -14,7 +14,7 @@ use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    MediaEngine, RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
+    MediaEngine, RTCSessionDescription, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
 use webrtc::runtime::Runtime;
@@ -187,14 +187,6 @@ impl Subscriber {
         &self.peer
     }
 
-    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        self.peer.wait_connected(timeout).await
-    }
-
-    pub fn connection_state(&self) -> RTCPeerConnectionState {
-        self.peer.connection_state()
-    }
-
     /// Applies a remote offer (first or renegotiation) and returns the local answer's SDP.
     pub async fn answer(&self, offer_sdp: &str) -> Result<String> {
         let pc = &self.peer.pc;
@@ -295,6 +287,19 @@ impl Subscriber {
 
     pub async fn close(&self) -> Result<()> {
         self.peer.close().await
+    }
+}
+
+/// Reaches the peer's own methods (`wait_connected`, `connection_state`, ...), as [`Host`] and
+/// [`Viewer`] reach the subscriber's.
+///
+/// [`Host`]: crate::live::Host
+/// [`Viewer`]: crate::live::Viewer
+impl std::ops::Deref for Subscriber {
+    type Target = Peer;
+
+    fn deref(&self) -> &Peer {
+        &self.peer
     }
 }
 
