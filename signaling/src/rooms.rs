@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
 use crate::codes::{InvalidCode, KEY_LEN, RoomCode, random_code};
 use crate::mailbox::{Outbox, SessionId};
@@ -125,6 +126,12 @@ fn stopped() -> Refusal {
     }
 }
 
+/// The rooms task's one clock read (tokio's, so paused-time tests drive it).
+#[allow(clippy::disallowed_methods)]
+fn now() -> Instant {
+    Instant::now()
+}
+
 /// Spawns the rooms task.
 pub fn spawn_rooms(room_state_interval: Duration, admission: Admission) -> RoomsHandle {
     let (tx, rx) = mpsc::channel(ROOMS_QUEUE);
@@ -168,16 +175,30 @@ impl Room {
 }
 
 impl Rooms {
+    /// A driver: room state is published `interval` after the first change that made it
+    /// stale (so a join spike of N viewers costs each member one snapshot, not N), and the
+    /// task sleeps while nothing changed.
     async fn run(mut self, mut rx: mpsc::Receiver<Command>, interval: Duration) {
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut publish_at: Option<Instant> = None;
         loop {
+            let publish = async {
+                match publish_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 command = rx.recv() => match command {
-                    Some(command) => self.handle(command),
+                    Some(command) => {
+                        self.handle(command);
+                        publish_at.get_or_insert_with(|| now() + interval);
+                    }
                     None => return,
                 },
-                _ = tick.tick() => self.publish_dirty(),
+                _ = publish => {
+                    // A snapshot a full mailbox missed is retried next interval.
+                    publish_at = self.publish_dirty().then(|| now() + interval);
+                }
             }
         }
     }
@@ -326,7 +347,9 @@ impl Rooms {
         }
     }
 
-    fn publish_dirty(&mut self) {
+    /// Sends every changed room's state to its members; whether one is still to be sent.
+    fn publish_dirty(&mut self) -> bool {
+        let mut pending = false;
         for (code, room) in &mut self.rooms {
             if !std::mem::take(&mut room.dirty) {
                 continue;
@@ -340,7 +363,9 @@ impl Rooms {
             // A full outbox missed this snapshot: try again next interval so every member
             // ends up with the latest state.
             room.dirty = !all_delivered;
+            pending |= room.dirty;
         }
+        pending
     }
 
     fn unused_code(&self) -> RoomCode {
@@ -404,5 +429,70 @@ pub fn track_info(track: &sfu::TrackInfo) -> TrackInfo {
             sfu::MediaKind::Video => MediaKind::Video,
         },
         active: track.active,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mailbox::SessionEvent;
+
+    const INTERVAL: Duration = Duration::from_millis(200);
+
+    /// A member of `room`, joined as `role`; returns its mailbox.
+    async fn join(
+        rooms: &RoomsHandle,
+        session: u64,
+        room: Option<&RoomCode>,
+        role: Role,
+    ) -> (Grant, mpsc::Receiver<SessionEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        let grant = rooms
+            .join(JoinRequest {
+                session: SessionId(session),
+                room: room.cloned(),
+                name: format!("member {session}"),
+                role,
+                host_key: None,
+                identity: None,
+                outbox: Outbox::new(tx),
+                wants_room_state: true,
+            })
+            .await
+            .expect("admitted");
+        (grant, rx)
+    }
+
+    /// A join spike costs each member one room snapshot, sent one interval after the first
+    /// change, with every newcomer counted; a room nobody joins or leaves sends nothing more.
+    #[tokio::test(start_paused = true)]
+    async fn a_join_spike_costs_each_member_one_snapshot_and_a_quiet_room_none() {
+        let rooms = spawn_rooms(INTERVAL, Admission::default());
+        let started = now();
+        let (grant, mut host) = join(&rooms, 1, None, Role::Host).await;
+        let mut viewers = Vec::new();
+        for session in 2..=41 {
+            viewers.push(
+                join(&rooms, session, Some(&grant.room), Role::Viewer)
+                    .await
+                    .1,
+            );
+        }
+        let state = match host.recv().await {
+            Some(SessionEvent::RoomState(state)) => state,
+            other => panic!("expected room state, got {other:?}"),
+        };
+        assert_eq!(
+            now() - started,
+            INTERVAL,
+            "one interval after the first change"
+        );
+        assert_eq!(state.viewer_count, 40, "{state:?}");
+        for mailbox in &mut viewers {
+            assert!(matches!(mailbox.try_recv(), Ok(SessionEvent::RoomState(_))));
+            assert!(mailbox.try_recv().is_err(), "one snapshot per member");
+        }
+        let quiet = tokio::time::timeout(INTERVAL * 10, host.recv()).await;
+        assert!(quiet.is_err(), "an unchanged room sent {quiet:?}");
     }
 }
