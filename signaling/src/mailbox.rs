@@ -3,10 +3,13 @@
 //! rather than on each other.
 
 use std::fmt;
+use std::sync::Arc;
+
+use axum::extract::ws::Utf8Bytes;
 
 use tokio::sync::mpsc;
 
-use crate::protocol::{PartyState, RoomState};
+use crate::protocol::{PartyState, RoomState, ServerMessage};
 
 /// Messages queued for one session by other tasks (room and party state, party events).
 /// When full the sender skips the message: snapshots are retried later, and a skipped party
@@ -32,7 +35,7 @@ pub enum SessionEvent {
     RoomState(RoomState),
     /// The same host joined from a new connection; this one is stale.
     Replaced,
-    PartyEvent(sync::Event),
+    PartyEvent(Arc<SharedEvent>),
     PartyState(PartyState),
     /// The same party member joined from a new connection; this one is stale.
     PartyReplaced,
@@ -57,8 +60,8 @@ impl Outbox {
     }
 
     /// Queues a party event; false if the mailbox is full (the session fills the gap).
-    pub fn party_event(&self, event: sync::Event) -> bool {
-        self.offer(SessionEvent::PartyEvent(event))
+    pub fn party_event(&self, event: &Arc<SharedEvent>) -> bool {
+        self.offer(SessionEvent::PartyEvent(event.clone()))
     }
 
     /// Queues a party snapshot; false if the mailbox is full.
@@ -75,5 +78,57 @@ impl Outbox {
             Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => true,
             Err(mpsc::error::TrySendError::Full(_)) => false,
         }
+    }
+}
+
+/// A party event as every member's session sends it: the event (for ordering) and its
+/// `partyEvent` message, serialized once for all members into a refcounted buffer that each
+/// session hands to its WebSocket as it is.
+#[derive(Debug)]
+pub struct SharedEvent {
+    pub event: sync::Event,
+    pub text: Utf8Bytes,
+}
+
+impl SharedEvent {
+    pub fn new(event: sync::Event) -> Arc<Self> {
+        // One clone and one serialization per event, whatever the number of members.
+        let message = ServerMessage::PartyEvent(event.clone());
+        let text = serde_json::to_string(&message).expect("server messages always serialize");
+        Arc::new(Self {
+            event,
+            text: text.into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sync::{EventBody, MemberId, NewEvent, UnixMillis};
+
+    /// The text every member's session sends is exactly the `partyEvent` message a session
+    /// would have serialized for itself, and the members share one buffer.
+    #[test]
+    fn a_shared_event_is_the_party_event_message_serialized_once() {
+        let event = sync::Event {
+            seq: 7,
+            event: NewEvent {
+                at: UnixMillis(5),
+                from: MemberId("m1".into()),
+                name: "Ann".into(),
+                op_id: "o1".into(),
+                body: EventBody::Chat { text: "hi".into() },
+            },
+        };
+        let shared = SharedEvent::new(event.clone());
+        let decoded: ServerMessage = serde_json::from_str(shared.text.as_str()).unwrap();
+        assert_eq!(decoded, ServerMessage::PartyEvent(event));
+        let (a, b) = (shared.text.clone(), shared.text.clone());
+        assert_eq!(
+            a.as_str().as_ptr(),
+            b.as_str().as_ptr(),
+            "one buffer, refcounted"
+        );
     }
 }

@@ -13,7 +13,7 @@ use sync::{Event, Feed, MemberId, Party, PartyConfig, PartyId, Presence, Store, 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::mailbox::{Outbox, SessionId};
+use crate::mailbox::{Outbox, SessionId, SharedEvent};
 use crate::protocol::PartyState;
 use crate::wall_clock;
 
@@ -331,8 +331,9 @@ impl Parties {
                     return;
                 };
                 if replica.party.apply(now, wall, &event) {
+                    let shared = SharedEvent::new(event);
                     for (_, outbox) in replica.sessions.values() {
-                        outbox.party_event(event.clone());
+                        outbox.party_event(&shared);
                     }
                 }
                 self.run_ready_jobs(&code, at);

@@ -26,7 +26,7 @@ use crate::wall_clock;
 
 mod party;
 
-use party::PartyMembership;
+use party::{EventDelivery, PartyMembership};
 
 /// The server pings an idle client this often...
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
@@ -106,7 +106,16 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
                         "this host joined again from another connection",
                     )]
                 }
-                SessionEvent::PartyEvent(event) => session.on_party_event(event).await,
+                SessionEvent::PartyEvent(shared) => match session.on_party_event(&shared.event).await {
+                    EventDelivery::Shared => {
+                        // Serialized once for every member of the party.
+                        if socket.send(Message::Text(shared.text.clone())).await.is_err() {
+                            break;
+                        }
+                        vec![]
+                    }
+                    EventDelivery::Instead(replies) => replies,
+                },
                 SessionEvent::PartyState(state) => session.on_party_state(state).await,
                 SessionEvent::PartyReplaced => {
                     // The successor owns the member now: leave without telling the party.

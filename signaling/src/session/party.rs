@@ -367,18 +367,22 @@ impl Session {
         ack(op_id, committed)
     }
 
-    /// An event from the party log for this session's client.
-    pub(super) async fn on_party_event(&mut self, event: Event) -> Vec<ServerMessage> {
-        let Some(m) = &self.party else { return vec![] };
-        match classify(m.last_sent, &event) {
-            Delivery::Seen => vec![],
+    /// An event from the party log for this session's client: [`EventDelivery::Shared`] when
+    /// it is the client's next one (the caller sends its shared text), else what to send
+    /// instead (nothing if already sent, the missed events from the store after a gap).
+    pub(super) async fn on_party_event(&mut self, event: &Event) -> EventDelivery {
+        let Some(m) = &self.party else {
+            return EventDelivery::Instead(vec![]);
+        };
+        match classify(m.last_sent, event) {
+            Delivery::Seen => EventDelivery::Instead(vec![]),
             Delivery::Next => {
                 if let Some(m) = &mut self.party {
                     m.last_sent = event.seq;
                 }
-                vec![ServerMessage::PartyEvent(event)]
+                EventDelivery::Shared
             }
-            Delivery::Gap => self.fill_gap(event.seq).await,
+            Delivery::Gap => EventDelivery::Instead(self.fill_gap(event.seq).await),
         }
     }
 
@@ -552,4 +556,12 @@ fn ack(
         seq: committed.seq(),
         duplicate: matches!(committed, Committed::Duplicate(_)),
     }])
+}
+
+/// How a party event reaches a session's client (see `Session::on_party_event`).
+pub(super) enum EventDelivery {
+    /// Send the event's shared, already serialized text.
+    Shared,
+    /// Send these messages instead.
+    Instead(Vec<ServerMessage>),
 }
