@@ -9,7 +9,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sync::{Event, Feed, MemberId, Party, PartyConfig, PartyId, Presence, Store, Stored};
+use sync::{
+    Control, Event, Feed, MemberId, Party, PartyConfig, PartyError, PartyId, PlaybackCommand,
+    Presence, Store, Stored, SyncReport,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -27,8 +30,115 @@ const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
 /// after that it runs on what the replica has (the store still guards every write).
 const CATCH_UP_WAIT: Duration = Duration::from_secs(1);
 
-/// A job run against one replica inside the parties task.
-type Job = Box<dyn FnOnce(&mut Party, std::time::Instant, sync::UnixMillis) + Send>;
+/// What a member's session asks of its party's replica, each with its own typed reply: the
+/// parties task knows every request it runs (no closures cross the task boundary).
+pub enum Request {
+    /// Check a member's operation; answered with what the session writes to the store.
+    Operate {
+        member: MemberId,
+        op_id: String,
+        op: Operation,
+        reply: oneshot::Sender<Result<Accepted, PartyError>>,
+    },
+    Typing {
+        member: MemberId,
+        typing: bool,
+        reply: oneshot::Sender<Result<(), PartyError>>,
+    },
+    Camera {
+        member: MemberId,
+        on: bool,
+        reply: oneshot::Sender<Result<(), PartyError>>,
+    },
+    /// A member's sync report; answered with the party's newest spread sample (ms) if the
+    /// report made one.
+    Report {
+        member: MemberId,
+        report: SyncReport,
+        reply: oneshot::Sender<Result<Option<f64>, PartyError>>,
+    },
+}
+
+/// A member's operation on the party (the protocol's `playback`, `setControl`, `chat`,
+/// `react`).
+pub enum Operation {
+    Playback {
+        command: PlaybackCommand,
+        base_version: Option<u64>,
+    },
+    SetControl {
+        control: Control,
+    },
+    Chat {
+        text: String,
+    },
+    React {
+        emoji: String,
+    },
+}
+
+/// An accepted operation, for the session to write.
+pub enum Accepted {
+    /// A state change, to compare-and-set.
+    Commit(sync::Proposal),
+    /// A chat message or reaction, to append.
+    Append(sync::NewEvent),
+}
+
+impl Request {
+    /// Runs the request on its replica and replies (a caller that gave up is ignored).
+    fn run(self, p: &mut Party, now: std::time::Instant, wall: sync::UnixMillis) {
+        match self {
+            Request::Operate {
+                member,
+                op_id,
+                op,
+                reply,
+            } => {
+                let accepted = match op {
+                    Operation::Playback {
+                        command,
+                        base_version,
+                    } => p
+                        .prepare_playback(wall, &member, command, base_version, op_id)
+                        .map(Accepted::Commit),
+                    Operation::SetControl { control } => p
+                        .prepare_control(wall, &member, control, op_id)
+                        .map(Accepted::Commit),
+                    Operation::Chat { text } => p
+                        .prepare_chat(now, wall, &member, text, op_id)
+                        .map(Accepted::Append),
+                    Operation::React { emoji } => p
+                        .prepare_reaction(now, wall, &member, emoji, op_id)
+                        .map(Accepted::Append),
+                };
+                let _ = reply.send(accepted);
+            }
+            Request::Typing {
+                member,
+                typing,
+                reply,
+            } => {
+                let _ = reply.send(p.set_typing(&member, typing));
+            }
+            Request::Camera { member, on, reply } => {
+                let _ = reply.send(p.set_camera(&member, on));
+            }
+            Request::Report {
+                member,
+                report,
+                reply,
+            } => {
+                let (taken, _) = p.spread_sample();
+                let result = p.report(now, wall, &member, report).map(|()| {
+                    let (after, newest) = p.spread_sample();
+                    newest.filter(|_| after > taken)
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
 
 #[derive(Clone)]
 pub struct PartiesHandle {
@@ -58,11 +168,11 @@ enum Command {
         session: SessionId,
         explicit: bool,
     },
-    With {
+    Ask {
         party: PartyId,
         /// Run once the replica has applied the log up to this seq.
         after_seq: u64,
-        job: Job,
+        request: Request,
     },
     /// The store's current state of a party, read after it became reachable again.
     Reset { party: PartyId, stored: Stored },
@@ -96,32 +206,23 @@ impl PartiesHandle {
             .await;
     }
 
-    /// Runs `f` on the party's replica once it has applied the log up to `after_seq`;
-    /// `None` when this node has no replica of the party.
+    /// Runs `request` on the party's replica once it has applied the log up to `after_seq`;
+    /// `false` when the parties task is gone. A request for a party this node has no
+    /// replica of is dropped, and its reply channel closes.
     ///
     /// A member's commit is acknowledged before the store's feed brings the event back to
     /// the replica. A session passes the last seq it acknowledged or sent, so the member's
     /// next command ("load", then "play" at once) is checked against a replica that has seen
     /// the first.
-    pub async fn with<R: Send + 'static>(
-        &self,
-        party: &PartyId,
-        after_seq: u64,
-        f: impl FnOnce(&mut Party, std::time::Instant, sync::UnixMillis) -> R + Send + 'static,
-    ) -> Option<R> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |p, now, wall| {
-            let _ = tx.send(f(p, now, wall));
-        });
+    pub async fn ask(&self, party: &PartyId, after_seq: u64, request: Request) -> bool {
         self.tx
-            .send(Command::With {
+            .send(Command::Ask {
                 party: party.clone(),
                 after_seq,
-                job,
+                request,
             })
             .await
-            .ok()?;
-        rx.await.ok()
+            .is_ok()
     }
 }
 
@@ -164,8 +265,8 @@ struct Replica {
     sessions: HashMap<MemberId, (SessionId, Outbox)>,
     /// A snapshot could not be delivered to every session; try again next tick.
     undelivered: bool,
-    /// Jobs waiting for the replica to reach a seq, with when they arrived.
-    waiting: Vec<(u64, Instant, Job)>,
+    /// Requests waiting for the replica to reach a seq, with when they arrived.
+    waiting: Vec<(u64, Instant, Request)>,
 }
 
 impl Parties {
@@ -302,13 +403,13 @@ impl Parties {
                     self.replicas.remove(&party);
                 }
             }
-            Command::With {
+            Command::Ask {
                 party,
                 after_seq,
-                job,
+                request,
             } => {
                 if let Some(replica) = self.replicas.get_mut(&party) {
-                    replica.waiting.push((after_seq, now, job));
+                    replica.waiting.push((after_seq, now, request));
                     self.run_ready_jobs(&party, now);
                 }
             }
@@ -449,8 +550,8 @@ impl Parties {
         if !ready.is_empty() {
             self.next_snapshot.get_or_insert(now + SNAPSHOT_INTERVAL);
         }
-        for (_, _, job) in ready {
-            job(&mut replica.party, now.into_std(), wall);
+        for (_, _, request) in ready {
+            request.run(&mut replica.party, now.into_std(), wall);
         }
         self.drain(code);
     }
@@ -587,11 +688,14 @@ mod tests {
         // Off any 250 ms grid the old tick would have had.
         tokio::time::sleep(Duration::from_millis(110)).await;
         let asked = now();
-        let ran_at = parties
-            .with(&code, 99, |_, now, _| now)
-            .await
-            .expect("the node has the replica");
-        assert_eq!(Instant::from_std(ran_at) - asked, CATCH_UP_WAIT);
+        let (reply, answered) = oneshot::channel();
+        let request = Request::Typing {
+            member: MemberId("m1".into()),
+            typing: true,
+            reply,
+        };
+        assert!(parties.ask(&code, 99, request).await);
+        answered.await.expect("the node has the replica").unwrap();
         assert_eq!(now() - asked, CATCH_UP_WAIT);
     }
 

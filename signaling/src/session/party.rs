@@ -6,6 +6,7 @@ use sync::{
     SharedState, StoreError, Stored, SyncReport, UnixMillis,
 };
 
+use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::Session;
@@ -13,7 +14,7 @@ use crate::auth::Grant;
 use crate::codes::{CODE_LEN, KEY_LEN, RoomCode, random_code};
 use crate::errors::Failure;
 use crate::join_trace::{JoinTrace, Stage};
-use crate::parties::{Delivery, Entry, classify};
+use crate::parties::{Accepted, Delivery, Entry, Operation, Request, classify};
 use crate::protocol::{ErrorCode, PROTOCOL_VERSION, PartyLimits, PartyMessage, ServerMessage};
 use crate::telemetry::JoinKind;
 use crate::wall_clock;
@@ -22,14 +23,6 @@ use crate::wall_clock;
 pub const MAX_OP_ID_CHARS: usize = 64;
 /// Member ids: `m` and 12 characters; party and secret-key sizes are those of rooms.
 const MEMBER_ID_LEN: usize = 12;
-
-/// What a replica made of an accepted operation.
-enum Accepted {
-    /// A state change, to compare-and-set.
-    Commit(sync::Proposal),
-    /// A chat message or reaction, to append.
-    Append(sync::NewEvent),
-}
 
 /// This session's place in a party.
 pub(super) struct PartyMembership {
@@ -88,42 +81,34 @@ impl Session {
                 base_version,
             } => {
                 self.require(Grant::Control)?;
-                self.operate(op_id, move |p, _, wall, member, op| {
-                    p.prepare_playback(wall, &member, command, base_version, op)
-                        .map(Accepted::Commit)
-                })
-                .await
+                let op = Operation::Playback {
+                    command,
+                    base_version,
+                };
+                self.operate(op_id, op).await
             }
             PartyMessage::SetControl { op_id, control } => {
                 self.require(Grant::Moderate)?;
-                self.operate(op_id, move |p, _, wall, member, op| {
-                    p.prepare_control(wall, &member, control, op)
-                        .map(Accepted::Commit)
-                })
-                .await
+                self.operate(op_id, Operation::SetControl { control }).await
             }
             PartyMessage::Chat { op_id, text } => {
                 self.require(Grant::Chat)?;
                 self.check_party_chat_rate()?;
-                self.operate(op_id, move |p, now, wall, member, op| {
-                    p.prepare_chat(now, wall, &member, text, op)
-                        .map(Accepted::Append)
-                })
-                .await
+                self.operate(op_id, Operation::Chat { text }).await
             }
             PartyMessage::React { op_id, emoji } => {
                 self.require(Grant::Chat)?;
                 self.check_party_chat_rate()?;
-                self.operate(op_id, move |p, now, wall, member, op| {
-                    p.prepare_reaction(now, wall, &member, emoji, op)
-                        .map(Accepted::Append)
-                })
-                .await
+                self.operate(op_id, Operation::React { emoji }).await
             }
             PartyMessage::Typing { typing } => {
                 let (party, member) = self.party_ids()?;
-                self.with_party(&party, move |p, _, _| p.set_typing(&member, typing))
-                    .await?;
+                self.ask(&party, |reply| Request::Typing {
+                    member,
+                    typing,
+                    reply,
+                })
+                .await?;
                 Ok(vec![])
             }
             PartyMessage::Camera { on } => {
@@ -131,7 +116,7 @@ impl Session {
                     self.require(Grant::Publish)?;
                 }
                 let (party, member) = self.party_ids()?;
-                self.with_party(&party, move |p, _, _| p.set_camera(&member, on))
+                self.ask(&party, |reply| Request::Camera { member, on, reply })
                     .await?;
                 Ok(vec![])
             }
@@ -156,11 +141,10 @@ impl Session {
                     rtt_ms,
                 };
                 let sample = self
-                    .with_party(&party, move |p, now, wall| {
-                        let (taken, _) = p.spread_sample();
-                        p.report(now, wall, &member, report)?;
-                        let (after, newest) = p.spread_sample();
-                        Ok(newest.filter(|_| after > taken))
+                    .ask(&party, |reply| Request::Report {
+                        member,
+                        report,
+                        reply,
                     })
                     .await?;
                 if let Some(spread) = sample {
@@ -334,22 +318,17 @@ impl Session {
     async fn operate(
         &mut self,
         op_id: String,
-        prepare: impl FnOnce(
-            &mut sync::Party,
-            std::time::Instant,
-            UnixMillis,
-            MemberId,
-            String,
-        ) -> Result<Accepted, PartyError>
-        + Send
-        + 'static,
+        op: Operation,
     ) -> Result<Vec<ServerMessage>, Failure> {
         check_op_id(&op_id)?;
         let (party, member) = self.party_ids()?;
-        let op = op_id.clone();
+        let op_id_for_ack = op_id.clone();
         let accepted = self
-            .with_party(&party, move |p, now, wall| {
-                prepare(p, now, wall, member, op)
+            .ask(&party, |reply| Request::Operate {
+                member,
+                op_id,
+                op,
+                reply,
             })
             .await?;
         let store = &self.state.parties.store;
@@ -364,7 +343,7 @@ impl Session {
         if let (Ok(c), Some(m)) = (&committed, &mut self.party) {
             m.last_acked = m.last_acked.max(c.seq());
         }
-        ack(op_id, committed)
+        ack(op_id_for_ack, committed)
     }
 
     /// An event from the party log for this session's client: [`EventDelivery::Shared`] when
@@ -471,25 +450,23 @@ impl Session {
     }
 
     /// Runs `f` on this session's party replica, mapping its refusal to a protocol error.
-    async fn with_party<T: Send + 'static>(
+    /// Asks the party's replica (`make` builds the request around its reply channel), once the
+    /// replica has seen what this session was sent or acknowledged.
+    async fn ask<T>(
         &self,
         party: &PartyId,
-        f: impl FnOnce(&mut sync::Party, std::time::Instant, UnixMillis) -> Result<T, PartyError>
-        + Send
-        + 'static,
+        make: impl FnOnce(oneshot::Sender<Result<T, PartyError>>) -> Request,
     ) -> Result<T, Failure> {
         let seen = self
             .party
             .as_ref()
             .map_or(0, |m| m.last_sent.max(m.last_acked));
-        self.state
-            .parties
-            .with(party, seen, f)
-            .await
-            .ok_or_else(|| {
-                Failure::new(ErrorCode::NotJoined, "not in this party anymore".to_owned())
-            })?
-            .map_err(Failure::from)
+        let (reply, answer) = oneshot::channel();
+        let gone = || Failure::new(ErrorCode::NotJoined, "not in this party anymore".to_owned());
+        if !self.state.parties.ask(party, seen, make(reply)).await {
+            return Err(gone());
+        }
+        answer.await.map_err(|_| gone())?.map_err(Failure::from)
     }
 
     fn party_limits(&self) -> PartyLimits {
