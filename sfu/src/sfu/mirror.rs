@@ -135,10 +135,8 @@ impl Sfu {
                     t.clock = Some(clock);
                 }
             }
-            RelayBody::KeyframeRequest { track } => {
-                self.stats.keyframe_requests_received += 1;
-                self.request_keyframe(now, track);
-            }
+            // Not counted as received: the viewer's request was, on its own shard.
+            RelayBody::KeyframeRequest { track } => self.request_keyframe(now, track),
         }
     }
 
