@@ -115,16 +115,13 @@ impl SfuHandle {
         role: Role,
         events: mpsc::Sender<SfuEvent>,
     ) -> Result<PeerId, SfuError> {
-        let shard = self.place(&room, role);
-        let added = self
-            .call(shard, |reply| Command::AddPeer {
-                room,
-                role,
-                events,
-                reply,
-            })
-            .await;
-        self.placed(shard, added)
+        self.add(&room.clone(), role, |reply| Command::AddPeer {
+            room,
+            role,
+            events,
+            reply,
+        })
+        .await
     }
 
     /// Adds a peer from a client's offer (WHIP, WHEP) and returns it with the answer; see
@@ -136,17 +133,14 @@ impl SfuHandle {
         offer: String,
         events: mpsc::Sender<SfuEvent>,
     ) -> Result<(PeerId, String), SfuError> {
-        let shard = self.place(&room, role);
-        let added = self
-            .call(shard, |reply| Command::AddPeerWithOffer {
-                room,
-                role,
-                offer,
-                events,
-                reply,
-            })
-            .await;
-        self.placed(shard, added)
+        self.add(&room.clone(), role, |reply| Command::AddPeerWithOffer {
+            room,
+            role,
+            offer,
+            events,
+            reply,
+        })
+        .await
     }
 
     /// Restarts ICE with the client's new credentials; see [`Sfu::restart_ice`].
@@ -251,13 +245,16 @@ impl SfuHandle {
         shard
     }
 
-    /// Un-counts a placement that did not add a peer.
-    fn placed<T>(
+    /// Sends a new peer's command to the shard [`place`](Self::place) picks; a placement
+    /// that did not add a peer is un-counted.
+    async fn add<T>(
         &self,
-        shard: usize,
-        added: Result<Result<T, SfuError>, SfuError>,
+        room: &RoomId,
+        role: Role,
+        make: impl FnOnce(oneshot::Sender<Result<T, SfuError>>) -> Command,
     ) -> Result<T, SfuError> {
-        let added = added.and_then(|added| added);
+        let shard = self.place(room, role);
+        let added = self.call(shard, make).await.and_then(|added| added);
         if added.is_err() {
             self.placed[shard].fetch_sub(1, Ordering::Relaxed);
         }

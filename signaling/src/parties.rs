@@ -5,7 +5,8 @@
 //! Data flows one way: a session asks its replica to validate a command, commits the result
 //! to the [`Store`] itself, and learns the outcome like everyone else, from the store's feed.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -241,6 +242,7 @@ pub fn spawn_parties(store: Arc<dyn Store>, config: PartyConfig) -> PartiesHandl
         tx: tx.clone(),
         next_refresh: now(),
         next_snapshot: None,
+        deadlines: BinaryHeap::new(),
     };
     tokio::spawn(parties.run(rx, feed));
     PartiesHandle { tx, store, config }
@@ -258,6 +260,10 @@ struct Parties {
     next_refresh: Instant,
     /// When changed parties' snapshots go out; `None` while nothing changed.
     next_snapshot: Option<Instant>,
+    /// Replicas' deadlines, pushed when one changes (see [`Parties::drain`]), so a wake-up
+    /// does not scan every replica; an entry is stale unless it is still its replica's
+    /// `scheduled` deadline.
+    deadlines: BinaryHeap<Reverse<(Instant, PartyId)>>,
 }
 
 struct Replica {
@@ -267,6 +273,17 @@ struct Replica {
     undelivered: bool,
     /// Requests waiting for the replica to reach a seq, with when they arrived.
     waiting: Vec<(u64, Instant, Request)>,
+    /// The replica's earliest deadline as last put in [`Parties::deadlines`].
+    scheduled: Option<Instant>,
+}
+
+impl Replica {
+    /// The earliest of the party's timer and its waiting requests' catch-up limits.
+    fn deadline(&self) -> Option<Instant> {
+        let party = self.party.poll_timeout().map(Instant::from_std);
+        let jobs = (self.waiting.iter()).map(|(_, since, _)| *since + CATCH_UP_WAIT);
+        party.into_iter().chain(jobs).min()
+    }
 }
 
 impl Parties {
@@ -306,17 +323,19 @@ impl Parties {
     }
 
     /// The earliest deadline of any replica, waiting job, presence refresh or snapshot.
-    fn poll_timeout(&self) -> Option<Instant> {
-        let parties = (self.replicas.values())
-            .filter_map(|r| r.party.poll_timeout())
-            .map(Instant::from_std);
-        let jobs = (self.replicas.values())
-            .flat_map(|r| r.waiting.iter().map(|(_, since, _)| *since + CATCH_UP_WAIT));
+    fn poll_timeout(&mut self) -> Option<Instant> {
+        // Drop stale entries so the head is a live deadline.
+        while let Some(Reverse((at, code))) = self.deadlines.peek() {
+            if self.replicas.get(code).and_then(|r| r.scheduled) == Some(*at) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+        let replicas = self.deadlines.peek().map(|Reverse((at, _))| *at);
         let refresh = (!self.replicas.is_empty()).then_some(self.next_refresh);
-        parties
-            .chain(jobs)
-            .chain(refresh)
-            .chain(self.next_snapshot)
+        [replicas, refresh, self.next_snapshot]
+            .into_iter()
+            .flatten()
             .min()
     }
 
@@ -347,6 +366,7 @@ impl Parties {
                         sessions: HashMap::new(),
                         undelivered: false,
                         waiting: Vec::new(),
+                        scheduled: None,
                     }
                 });
                 replica
@@ -580,6 +600,16 @@ impl Parties {
         }
         for presence in presences {
             self.spawn_presence(code, presence);
+        }
+        // Every change to a replica ends here: its deadline goes into the heap if it moved.
+        if let Some(replica) = self.replicas.get_mut(code) {
+            let deadline = replica.deadline();
+            if deadline != replica.scheduled {
+                replica.scheduled = deadline;
+                if let Some(at) = deadline {
+                    self.deadlines.push(Reverse((at, code.clone())));
+                }
+            }
         }
     }
 
