@@ -147,7 +147,7 @@ mod tests {
             token_room: "A".into(),
             room: "B".into(),
         };
-        let cases: [(Failure, u16, Option<u64>); 16] = [
+        let cases: [(Failure, u16, Option<u64>); 17] = [
             (SfuError::InvalidSdp("x".into()).into(), 400, None),
             (SfuError::CandidateBeforeDescription.into(), 400, None),
             (SfuError::NothingToWatch.into(), 404, None),
@@ -161,6 +161,7 @@ mod tests {
             (token(AuthError::Malformed("x".into())), 401, None),
             (token(AuthError::BadSignature), 401, None),
             (token(AuthError::NotYetValid), 401, None),
+            (token(AuthError::Expired { expired_at: 1 }), 401, None),
             (token(wrong_room), 403, None),
             (
                 token(AuthError::MissingGrant(crate::auth::Grant::Publish)),
