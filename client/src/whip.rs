@@ -133,6 +133,12 @@ impl WhipHttp {
     }
 }
 
+/// How often, and how far apart, a WHEP player offers again while the room is `404
+/// room_not_live` (a host between its first and last track, a few milliseconds; or not live
+/// at all, then the player gives up after about 5 s).
+const NOT_LIVE_RETRIES: u32 = 25;
+const NOT_LIVE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// A live WHIP or WHEP session: its resource URL and ETag.
 #[derive(Debug, Clone)]
 pub struct WhipSession {
@@ -262,7 +268,18 @@ impl Subscriber {
         token: Option<&str>,
     ) -> Result<WhipSession> {
         let offer = self.offer_recvonly().await?;
-        let reply = http.post_offer(path, &offer, token).await?;
+        let mut reply = http.post_offer(path, &offer, token).await?;
+        // A host starting its tracks is "not live yet" for a moment, and the server asks
+        // players to retry then (as the web demo's `whep.js` does): the same offer again.
+        for _ in 0..NOT_LIVE_RETRIES {
+            let not_live = reply.status == StatusCode::NOT_FOUND
+                && reply.error_code().as_deref() == Some("room_not_live");
+            if !not_live {
+                break;
+            }
+            tokio::time::sleep(NOT_LIVE_BACKOFF).await;
+            reply = http.post_offer(path, &offer, token).await?;
+        }
         let session = WhipSession::from_created(reply, token)?;
         self.peer()
             .pc()
