@@ -345,16 +345,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format, with the SFU's counters as of now.
+/// `GET /metrics`: Prometheus text format (`telemetry::exposition`), with the SFU's counters
+/// as of now.
 async fn metrics(State(state): State<AppState>) -> Response {
     if let Ok(stats) = state.sfu.stats().await {
         state.metrics.record_sfu(&stats);
     }
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, telemetry::PROMETHEUS_CONTENT_TYPE)],
         state.metrics.render_prometheus(),
     )
         .into_response()
