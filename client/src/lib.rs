@@ -6,7 +6,8 @@
 //! - [`live`]: a room's [`Host`] and [`Viewer`], which drive a publisher or subscriber through
 //!   the server's offer/answer flow over the WebSocket.
 //! - [`media`]: synthetic VP8/Opus payloads and keyframe detection.
-//! - [`relay`]: datagram classification and a lossy UDP relay for retransmission tests.
+//! - [`relay`]: datagram classification and the impairment relay (seeded loss, delay, jitter,
+//!   bandwidth cap; chosen drops for retransmission tests), shared with `loadtest`.
 //! - [`party`]: a watch-party member that checks it sees every event once and in order.
 //! - [`whip`]: WHIP publishing and WHEP viewing over HTTP (RFC 9725).
 //!

@@ -25,7 +25,7 @@ use marquee_protocol::wire::{ClientMessage, PROTOCOL_VERSION, Role, RoomMessage,
 
 use crate::peer::{first_mid, spawn_candidate_trickle};
 use crate::publisher::{MediaConfig, Publisher};
-use crate::relay::{LossyRelay, rewrite_candidates};
+use crate::relay::{ImpairedRelay, rewrite_candidates};
 use crate::subscriber::{Subscriber, SubscriberOptions};
 use crate::util::{TaskGuard, now};
 use crate::ws::{Joined, RECV_TIMEOUT, ServerError, WsClient, WsReceiver, WsSender};
@@ -197,7 +197,7 @@ pub struct JoinTimes {
 pub struct ViewerOptions {
     pub name: String,
     /// Route media through this relay: every server offer's candidate is rewritten to it.
-    pub relay: Option<Arc<LossyRelay>>,
+    pub relay: Option<Arc<ImpairedRelay>>,
     /// Route media through this address (a relay of the caller's): every server offer's
     /// candidates are rewritten to it.
     pub route_via: Option<SocketAddr>,
@@ -245,7 +245,7 @@ impl Viewer {
     pub async fn join_via_relay(
         server: SocketAddr,
         room: &str,
-        relay: Arc<LossyRelay>,
+        relay: Arc<ImpairedRelay>,
     ) -> Result<Self> {
         Self::join_with(
             server,

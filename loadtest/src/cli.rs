@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
+use marquee_client::relay::Impairment;
+
 use crate::access::Tokens;
-use crate::relay::Impairment;
 use crate::report::{Verdict, table};
 use crate::scenario::{Churn, PartyLoad, Scenario, SecondWave, SignalingLoad, Spike};
 use crate::schedule::{Arrival, Departure};

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use marquee_client::relay::{ImpairedRelay, RelayConfig, Upstream};
 use marquee_client::{Host, HostOptions, MediaConfig, PartyClient, WsClient};
 use marquee_protocol::wire::{ClientMessage, PartyMessage, Role, RoomMessage};
 use sync::{ClockSync, EventBody, PlaybackCommand, ProbeSample, UnixMillis};
@@ -22,7 +23,6 @@ use crate::access::{ClientRole, Tokens};
 use crate::metrics::{Histograms, Metric};
 use crate::probe::{self, LagMeter, ProcSample};
 use crate::progress::{Progress, Snapshot};
-use crate::relay::ImpairedRelay;
 use crate::report::{
     Counts, GeneratorUsage, MetricReport, Report, SeriesPoint, ServerUsage, Verdict,
 };
@@ -267,7 +267,15 @@ impl Media {
                 .ok_or_else(|| anyhow!("the host has no remote description"))?;
             let (_, udp) = marquee_client::rewrite_candidates(&answer.sdp, server);
             let udp = udp.ok_or_else(|| anyhow!("the server's answer names no candidate"))?;
-            media.relay = Some(ImpairedRelay::start(udp, impairment).await?);
+            // A socket per viewer, so the server tells the viewers apart as without the relay.
+            let relay = ImpairedRelay::start(RelayConfig {
+                server: Some(udp),
+                upstream: Upstream::PerClient,
+                impairment,
+                ..RelayConfig::default()
+            })
+            .await?;
+            media.relay = Some(relay);
         }
         Ok(media)
     }

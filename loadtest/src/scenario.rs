@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use marquee_client::relay::Impairment;
 use serde::{Deserialize, Serialize};
 
-use crate::relay::Impairment;
 use crate::schedule::{Arrival, Departure};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

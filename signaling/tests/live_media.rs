@@ -213,9 +213,12 @@ async fn packets_lost_on_the_way_to_a_viewer_come_back_after_nack() {
     let server = TestServer::start().await;
     let host = Host::join(server.http).await.expect("host goes live");
     let relay = std::sync::Arc::new(
-        LossyRelay::start(DropRule::EveryNthVideo(7))
-            .await
-            .expect("relay"),
+        ImpairedRelay::start(RelayConfig {
+            drop_rule: DropRule::EveryNthVideo(7),
+            ..RelayConfig::default()
+        })
+        .await
+        .expect("relay"),
     );
     let viewer = Viewer::join_via_relay(server.http, host.room(), relay.clone())
         .await

@@ -135,7 +135,7 @@ fn drop_policy_drops_only_first_transmissions() {
     assert!(!policy.should_drop(&rtcp));
     assert!(!policy.should_drop(&[0, 1, 0, 0]));
 
-    let mut custom = DropPolicy::new(DropRule::Custom(Box::new(|view| view.marker)));
+    let mut custom = DropPolicy::new(DropRule::Custom(Arc::new(|view| view.marker)));
     assert!(!custom.should_drop(&rtp(96, 1, 1, false)));
     assert!(custom.should_drop(&rtp(96, 2, 1, true)));
     assert!(!custom.should_drop(&rtp(96, 2, 1, true)), "never twice");
@@ -178,7 +178,7 @@ fn candidates_are_rewritten_to_the_relay() {
 
 #[tokio::test]
 async fn relay_forwards_both_ways_and_drops_media_to_the_client() -> Result<()> {
-    let relay = LossyRelay::start(DropRule::EveryNthVideo(2)).await?;
+    let relay = ImpairedRelay::start(dropping(DropRule::EveryNthVideo(2))).await?;
     let server = UdpSocket::bind("127.0.0.1:0").await?;
     let client = UdpSocket::bind("127.0.0.1:0").await?;
     relay.set_server(server.local_addr()?);
@@ -222,7 +222,10 @@ async fn relay_forwards_both_ways_and_drops_media_to_the_client() -> Result<()> 
     );
     assert_eq!(relay.dropped(), [(5, 2)]);
     let stats = relay.stats();
-    assert_eq!((stats.to_server, stats.to_client, stats.dropped), (1, 5, 1));
+    assert_eq!(
+        (stats.up.passed, stats.down.passed, stats.down.dropped_rule),
+        (1, 5, 1)
+    );
     Ok(())
 }
 
@@ -232,7 +235,7 @@ async fn relay_forwards_both_ways_and_drops_media_to_the_client() -> Result<()> 
 /// keyframe at once, and that every dropped packet is recovered by NACK and retransmission.
 #[tokio::test]
 async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
-    let relay = Arc::new(LossyRelay::start(DropRule::EveryNthVideo(7)).await?);
+    let relay = Arc::new(ImpairedRelay::start(dropping(DropRule::EveryNthVideo(7))).await?);
     let publisher = Publisher::new(MediaConfig {
         // Keyframes only first and on request, so the PLI's effect is unambiguous.
         keyframe_interval: 0,
@@ -267,7 +270,7 @@ async fn publisher_and_subscriber_through_a_lossy_relay() -> Result<()> {
         })
         .await
         .context("media through the relay")?;
-    assert!(relay.stats().to_client > 0, "media bypassed the relay");
+    assert!(relay.stats().down.passed > 0, "media bypassed the relay");
     assert_eq!(subscriber.offers_answered(), 1);
 
     // What arrives is exactly what was sent (the peers rewrite nothing).
@@ -470,7 +473,7 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
         }
     });
 
-    let relay = Arc::new(LossyRelay::start(DropRule::EveryNthVideo(5)).await?);
+    let relay = Arc::new(ImpairedRelay::start(dropping(DropRule::EveryNthVideo(5))).await?);
     let mut viewer = Viewer::join_via_relay(server_addr, "ROOM1", Arc::clone(&relay)).await?;
     assert_eq!(viewer.joined().room, "ROOM1");
     let early = viewer
@@ -523,6 +526,15 @@ async fn viewer_answers_offers_through_a_fake_server_and_a_lossy_relay() -> Resu
     );
     publisher.close().await?;
     Ok(())
+}
+
+/// A one-client relay (through its own socket, as these tests' peers expect) that drops by
+/// `rule` on the way to the client.
+fn dropping(rule: DropRule) -> RelayConfig {
+    RelayConfig {
+        drop_rule: rule,
+        ..RelayConfig::default()
+    }
 }
 
 fn joined(role: Role) -> ServerMessage {

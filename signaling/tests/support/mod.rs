@@ -1,7 +1,7 @@
 //! Support shared by the integration tests (`mod support;` in each test file).
 //!
-//! - the clients of the `marquee-client` crate (WebSocket, WebRTC host and viewer, lossy relay,
-//!   watch-party member), re-exported;
+//! - the clients of the `marquee-client` crate (WebSocket, WebRTC host and viewer, impairment
+//!   relay, watch-party member), re-exported;
 //! - [`server`]: an in-process server;
 //! - [`process`]: `marquee` and `redis-server` as child processes (multi-node tests).
 
