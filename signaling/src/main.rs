@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use signaling::auth::{Claims, Grant, Grants};
-use signaling::settings::{self, CommonArgs, ServeArgs};
+use signaling::settings::{self, ServeArgs, TokenSecretArgs};
 use signaling::{AppState, ServerConfig};
 
 /// Marquee: low-latency live events and watch parties over WebRTC.
@@ -39,7 +39,7 @@ enum Command {
     /// Signs with the server's secret: --auth-secret, MARQUEE_AUTH_SECRET, --auth-secret-file
     /// or the --config file's auth_secret. For development and scripts; applications mint
     /// their own tokens with the same secret (docs/configuration.md).
-    Token(TokenArgs),
+    Token(Box<TokenArgs>),
     /// Checks the configuration and prints the effective settings as TOML, secrets redacted.
     ///
     /// Takes the same options as `serve`; exits non-zero with the reason when the server
@@ -51,7 +51,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct TokenArgs {
     #[command(flatten)]
-    common: CommonArgs,
+    secret: TokenSecretArgs,
 
     /// The room code the token is for, or `*` for every room (compared case-insensitively).
     #[arg(long, value_name = "CODE")]
@@ -259,7 +259,7 @@ fn token(args: &TokenArgs) -> anyhow::Result<()> {
     let identity = args.identity.trim();
     anyhow::ensure!(!room.is_empty(), "--room is empty");
     anyhow::ensure!(!identity.is_empty(), "--identity is empty");
-    let key = settings::token_key(&args.common)?;
+    let key = settings::token_key(&args.secret)?;
     let now = now_unix_secs()?;
     let claims = Claims {
         sub: identity.to_owned(),

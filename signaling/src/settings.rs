@@ -2,32 +2,38 @@
 //! before it:
 //!
 //! 1. the defaults of [`ServerConfig::default`] (the embedded single-node demo);
-//! 2. a TOML file ([`FileSettings`], given by `--config PATH` or `MARQUEE_CONFIG`);
+//! 2. a TOML file (given by `--config PATH` or `MARQUEE_CONFIG`);
 //! 3. environment variables (`MARQUEE_*`, and OpenTelemetry's standard `OTEL_*` names);
 //! 4. command-line flags.
 //!
-//! Layers 3 and 4 both arrive through [`ServeArgs`]: every argument is an `Option` (or a
-//! list that is empty when absent) without a clap default, and clap fills it from the
-//! argument's environment variable when the flag is absent. So `Some` means "set by flag or
-//! environment, flag first", `None` means "fall through to the file, then the default", and
-//! no layer can mistake another layer's default for an explicit choice.
+//! Every setting is declared once, as a field of [`Settings`] or of one of its sections
+//! ([`TurnSettings`], [`LimitsSettings`], [`MediaSettings`], [`TelemetrySettings`]): the
+//! field's doc is its `--help`, its clap attributes name the flag and the environment
+//! variable, its name is the file key. The same structs are deserialized from the file and
+//! parsed from the command line, where clap fills an absent flag from its environment
+//! variable, so layers 3 and 4 arrive together. Every value is an `Option` (or a list that is
+//! empty when absent) without a default: `None` means "not set in this layer" and falls
+//! through, so no layer can mistake another layer's default for an explicit choice.
 //!
-//! Errors name where the bad value came from: the file and its key (TOML syntax and type
-//! errors carry line and column), or the flag and its environment variable. Secrets never
-//! appear in errors or in [`effective`]. `docs/configuration.md` is the operator's guide.
+//! `each_setting` pairs every setting with its field of [`ServerConfig`] and the codec that
+//! checks and converts it; applying a layer and printing the [`effective`] configuration walk
+//! that one list. Errors name where the bad value came from: the file and its key (TOML syntax
+//! and type errors carry line and column), or the flag and its environment variable. Secrets
+//! never appear in errors or in [`effective`]. `docs/configuration.md` is the operator's guide.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::builder::BoolishValueParser;
+use clap::builder::{BoolishValueParser, TypedValueParser};
+use clap::{ArgMatches, Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::TokenKey;
-use crate::config::{LimitsConfig, ServerConfig};
+use crate::config::ServerConfig;
 use crate::limits::Rate;
-use crate::telemetry::TelemetryConfig;
 use crate::turn::TurnConfig;
 use sfu::srtp::SrtpProfile;
 
@@ -44,10 +50,10 @@ pub const DEFAULT_TURN_TTL: Duration = Duration::from_secs(86_400);
 /// What [`effective`] shows instead of a secret.
 const REDACTED: &str = "<redacted>";
 
-/// Options that both `marquee serve` and `marquee token` take: where the configuration file
-/// is, and the secret access tokens are signed with.
+/// The options of `marquee serve` (also accepted by `marquee` alone, and by `check-config`):
+/// where the configuration file is, and the flags of every setting; see [`load`].
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct CommonArgs {
+pub struct ServeArgs {
     /// TOML configuration file (see docs/configuration.md and marquee.example.toml).
     ///
     /// Environment variables and flags override its values; its unknown keys are refused.
@@ -55,6 +61,23 @@ pub struct CommonArgs {
     #[arg(long, env = CONFIG_ENV, value_name = "PATH", help_heading = "Configuration")]
     pub config: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// One layer's settings: the configuration file's root table, or the flags (and environment
+/// variables) of `marquee serve`. Field names are both the file keys and the clap ids, so
+/// errors can name either. The file refuses unknown keys: a typo must not silently fall back to
+/// a default.
+///
+/// Fields are in the order of `--help` (which groups flags by heading, in the order the
+/// headings first appear), so serde lists and `check-config` prints the keys in that order
+/// too. The defaults, and why, are documented with [`ServerConfig`]'s fields and `Default`,
+/// and repeated in each flag's help. A few settings are file-only (`#[arg(skip)]`); where a
+/// flag differs from its key, the field says how.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
     /// The secret access tokens are signed with (HS256, at least 32 bytes).
     ///
     /// Required unless --dev. Prefer MARQUEE_AUTH_SECRET or --auth-secret-file: a flag's
@@ -73,6 +96,7 @@ pub struct CommonArgs {
     ///
     /// For secrets mounted as files (Docker and Kubernetes secrets, systemd credentials).
     /// Setting both this and --auth-secret is refused. Default: none.
+    // In the file, relative to the file's directory.
     #[arg(
         long,
         env = "MARQUEE_AUTH_SECRET_FILE",
@@ -80,14 +104,23 @@ pub struct CommonArgs {
         help_heading = "Access"
     )]
     pub auth_secret_file: Option<PathBuf>,
-}
 
-/// The options of `marquee serve` (also accepted by `marquee` alone). Each one overrides the
-/// file's key of the same meaning; see [`load`].
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServeArgs {
-    #[command(flatten)]
-    pub common: CommonArgs,
+    /// Development mode: no access tokens; anyone who reaches the server may host, watch
+    /// and moderate.
+    ///
+    /// For the demo on a trusted network only; never on the internet. Logged loudly at
+    /// start. Default: off.
+    #[arg(
+        long,
+        env = "MARQUEE_DEV",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new(),
+        value_name = "BOOL",
+        help_heading = "Access"
+    )]
+    pub dev: Option<bool>,
 
     /// HTTP and WebSocket listen address.
     ///
@@ -123,23 +156,25 @@ pub struct ServeArgs {
         value_name = "IP",
         help_heading = "Network"
     )]
-    pub public_ips: Vec<IpAddr>,
+    pub public_ips: Option<Vec<IpAddr>>,
 
     /// Do not offer loopback candidates on a wildcard media bind.
     ///
     /// Default: loopback is offered, so a browser on the server machine connects without
     /// touching the LAN. `--no-loopback=false` turns it back on over a file's setting.
+    // The one flag that says the opposite of its file key: its parser inverts the value, so
+    // in every layer this field means "include loopback".
     #[arg(
-        long,
+        long = "no-loopback",
         env = "MARQUEE_NO_LOOPBACK",
         num_args = 0..=1,
         require_equals = true,
         default_missing_value = "true",
-        value_parser = BoolishValueParser::new(),
+        value_parser = BoolishValueParser::new().map(|no_loopback: bool| !no_loopback),
         value_name = "BOOL",
         help_heading = "Network"
     )]
-    pub no_loopback: Option<bool>,
+    pub include_loopback: Option<bool>,
 
     /// Origin allowed to call WHIP/WHEP from a browser (CORS); `*` allows any.
     ///
@@ -153,12 +188,13 @@ pub struct ServeArgs {
         value_name = "ORIGIN",
         help_heading = "Network"
     )]
-    pub cors_origins: Vec<String>,
+    pub cors_origins: Option<Vec<String>>,
 
     /// Directory of the web demo served at `/`.
     ///
     /// Default: ./web-demo when run from the repository root, else the copy next to the
     /// source of this binary.
+    // In the file, relative to the file's directory.
     #[arg(
         long,
         env = "MARQUEE_WEB_ROOT",
@@ -166,23 +202,6 @@ pub struct ServeArgs {
         help_heading = "Network"
     )]
     pub web_root: Option<PathBuf>,
-
-    /// Development mode: no access tokens; anyone who reaches the server may host, watch
-    /// and moderate.
-    ///
-    /// For the demo on a trusted network only; never on the internet. Logged loudly at
-    /// start. Default: off.
-    #[arg(
-        long,
-        env = "MARQUEE_DEV",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new(),
-        value_name = "BOOL",
-        help_heading = "Access"
-    )]
-    pub dev: Option<bool>,
 
     /// Redis URL shared by the nodes of a deployment (redis://host:6379/0).
     ///
@@ -196,44 +215,14 @@ pub struct ServeArgs {
     )]
     pub redis_url: Option<String>,
 
-    /// A TURN or STUN URL handed to clients (turn:host:3478?transport=udp, turns:…, stun:…).
-    ///
-    /// Repeat, or separate with commas, for several. These flags describe one TURN server and
-    /// replace the file's [[turn]] list. Default: none, clients get no TURN server and only
-    /// connect where a direct UDP path exists.
-    #[arg(
-        long = "turn-url",
-        env = "MARQUEE_TURN_URL",
-        value_delimiter = ',',
-        value_name = "URL",
-        help_heading = "TURN"
-    )]
-    pub turn_urls: Vec<String>,
+    // The TURN server the flags describe; the file lists servers in `turn` instead.
+    #[command(flatten)]
+    #[serde(skip)]
+    pub turn_flags: TurnSettings,
 
-    /// The secret shared with the TURN server (coturn `static-auth-secret`).
-    ///
-    /// Required when there are turn: or turns: URLs. Without --turn-url it sets the secret of
-    /// every [[turn]] of the file (keep secrets out of files). Default: none.
-    #[arg(
-        long,
-        env = "MARQUEE_TURN_SECRET",
-        hide_env_values = true,
-        value_name = "SECRET",
-        help_heading = "TURN"
-    )]
-    pub turn_secret: Option<String>,
-
-    /// How long handed-out TURN credentials stay valid, in seconds.
-    ///
-    /// Without --turn-url it sets the TTL of every [[turn]] of the file. Default: 86400 (a
-    /// day): credentials are made at join and must last the whole event.
-    #[arg(
-        long,
-        env = "MARQUEE_TURN_TTL_SECS",
-        value_name = "SECS",
-        help_heading = "TURN"
-    )]
-    pub turn_ttl_secs: Option<u64>,
+    /// `[[turn]]`: one entry per TURN deployment.
+    #[arg(skip)]
+    pub turn: Option<Vec<TurnSettings>>,
 
     /// Largest WebSocket message accepted, in bytes; larger ones get `message_too_large`.
     ///
@@ -246,83 +235,14 @@ pub struct ServeArgs {
     )]
     pub max_message_bytes: Option<usize>,
 
-    /// Live rooms this node admits; joins that would open more are refused.
-    ///
-    /// Default: 1000, sized from one node's measured capacity, so only a real overload is
-    /// refused.
-    #[arg(
-        long,
-        env = "MARQUEE_MAX_ROOMS",
-        value_name = "N",
-        help_heading = "Limits"
-    )]
-    pub max_rooms: Option<usize>,
+    #[command(flatten)]
+    pub limits: Option<LimitsSettings>,
 
-    /// Members (host and viewers) of one room; later joins are refused with the `full` error.
-    ///
-    /// Default: 2000.
-    #[arg(
-        long,
-        env = "MARQUEE_MAX_PEERS_PER_ROOM",
-        value_name = "N",
-        help_heading = "Limits"
-    )]
-    pub max_peers_per_room: Option<usize>,
+    #[command(flatten)]
+    pub media: Option<MediaSettings>,
 
-    /// Members of all rooms of this node together.
-    ///
-    /// Default: 5000, the most one node should carry before a deployment adds nodes.
-    #[arg(
-        long,
-        env = "MARQUEE_MAX_PEERS",
-        value_name = "N",
-        help_heading = "Limits"
-    )]
-    pub max_peers: Option<usize>,
-
-    /// Forwarding shards of the media plane, each owning whole rooms (at most 62).
-    ///
-    /// Default: the number of cores, so a node with many rooms uses every core.
-    #[arg(
-        long,
-        env = "MARQUEE_WORKERS",
-        value_name = "N",
-        help_heading = "Media"
-    )]
-    pub workers: Option<usize>,
-
-    /// Base URL of an OTLP/HTTP collector for traces and metrics (http://127.0.0.1:4318).
-    ///
-    /// Default: none, nothing is pushed and metrics are served on /metrics only.
-    #[arg(
-        long,
-        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
-        value_name = "URL",
-        help_heading = "Telemetry"
-    )]
-    pub otlp_endpoint: Option<String>,
-
-    /// `service.name` of exported telemetry.
-    ///
-    /// Default: marquee.
-    #[arg(
-        long,
-        env = "OTEL_SERVICE_NAME",
-        value_name = "NAME",
-        help_heading = "Telemetry"
-    )]
-    pub service_name: Option<String>,
-
-    /// How often metrics (and waiting spans) are pushed, in milliseconds.
-    ///
-    /// Default: 10000, fresh enough for dashboards at one request per signal per node.
-    #[arg(
-        long,
-        env = "MARQUEE_OTLP_EXPORT_INTERVAL_MS",
-        value_name = "MS",
-        help_heading = "Telemetry"
-    )]
-    pub otlp_export_interval_ms: Option<u64>,
+    #[command(flatten)]
+    pub telemetry: Option<TelemetrySettings>,
 
     /// On SIGTERM or Ctrl-C: seconds sessions get to say goodbye before the process exits
     /// anyway.
@@ -337,80 +257,188 @@ pub struct ServeArgs {
     pub shutdown_grace_secs: Option<u64>,
 }
 
-/// The configuration file's schema. Every key is optional; unknown keys are refused (a typo
-/// must not silently fall back to a default).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// One TURN deployment: an entry of the file's `[[turn]]` list, or the one server that
+/// `--turn-url` describes. Without `--turn-url`, `--turn-secret` and `--turn-ttl-secs` apply to
+/// every server of the file instead, so the URLs can live in the file and the secret in the
+/// environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct FileSettings {
-    pub http: Option<SocketAddr>,
-    pub udp: Option<SocketAddr>,
-    pub public_ips: Option<Vec<IpAddr>>,
-    pub include_loopback: Option<bool>,
-    /// Relative paths are relative to the file's directory.
-    pub web_root: Option<PathBuf>,
-    pub max_message_bytes: Option<usize>,
-    pub redis_url: Option<String>,
-    pub dev: Option<bool>,
-    pub auth_secret: Option<String>,
-    /// Relative paths are relative to the file's directory.
-    pub auth_secret_file: Option<PathBuf>,
-    pub cors_origins: Option<Vec<String>>,
-    pub shutdown_grace_secs: Option<u64>,
-    /// `[[turn]]`: one entry per TURN deployment.
-    pub turn: Option<Vec<TurnFile>>,
-    pub limits: Option<LimitsFile>,
-    pub telemetry: Option<TelemetryFile>,
-    pub media: Option<MediaFile>,
-}
-
-/// `[media]`: the SFU's media plane.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MediaFile {
-    /// DTLS-SRTP profiles offered to viewers, by IANA name (`SRTP_AEAD_AES_128_GCM`,
-    /// `SRTP_AES128_CM_HMAC_SHA1_80`, `SRTP_AES128_CM_HMAC_SHA1_32`).
-    pub viewer_srtp_profiles: Option<Vec<String>>,
-    /// Forwarding shards (`--workers`).
-    pub workers: Option<usize>,
-}
-
-/// One `[[turn]]` entry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TurnFile {
+#[command(next_help_heading = "TURN")]
+pub struct TurnSettings {
+    /// A TURN or STUN URL handed to clients (turn:host:3478?transport=udp, turns:…, stun:…).
+    ///
+    /// Repeat, or separate with commas, for several. These flags describe one TURN server and
+    /// replace the file's [[turn]] list. Default: none, clients get no TURN server and only
+    /// connect where a direct UDP path exists.
+    // Required in a [[turn]] entry (no serde default); empty when the flag is absent.
+    #[arg(
+        long = "turn-url",
+        env = "MARQUEE_TURN_URL",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub urls: Vec<String>,
+
+    /// The secret shared with the TURN server (coturn `static-auth-secret`).
+    ///
+    /// Required when there are turn: or turns: URLs. Without --turn-url it sets the secret of
+    /// every [[turn]] of the file (keep secrets out of files). Default: none.
+    #[arg(
+        long = "turn-secret",
+        env = "MARQUEE_TURN_SECRET",
+        hide_env_values = true,
+        value_name = "SECRET"
+    )]
     pub secret: Option<String>,
+
+    /// How long handed-out TURN credentials stay valid, in seconds.
+    ///
+    /// Without --turn-url it sets the TTL of every [[turn]] of the file. Default: 86400 (a
+    /// day): credentials are made at join and must last the whole event.
+    #[arg(
+        long = "turn-ttl-secs",
+        env = "MARQUEE_TURN_TTL_SECS",
+        value_name = "SECS"
+    )]
     pub ttl_secs: Option<u64>,
 }
 
-/// `[limits]`: rates as `[limits.<name>]` tables, admission as plain keys.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[limits]`: admission as plain keys (and flags), rates as `[limits.<name>]` tables. Rates
+/// are file-only: they are tuned once per deployment, not per run. Their defaults, and why:
+/// [`crate::config::LimitsConfig`] and [`crate::config::Admission`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct LimitsFile {
+#[command(next_help_heading = "Limits")]
+pub struct LimitsSettings {
+    /// Live rooms this node admits; joins that would open more are refused.
+    ///
+    /// Default: 1000, sized from one node's measured capacity, so only a real overload is
+    /// refused.
+    #[arg(long, env = "MARQUEE_MAX_ROOMS", value_name = "N")]
     pub max_rooms: Option<usize>,
+
+    /// Members (host and viewers) of one room; later joins are refused with the `full` error.
+    ///
+    /// Default: 2000.
+    #[arg(long, env = "MARQUEE_MAX_PEERS_PER_ROOM", value_name = "N")]
     pub max_peers_per_room: Option<usize>,
+
+    /// Members of all rooms of this node together.
+    ///
+    /// Default: 5000, the most one node should carry before a deployment adds nodes.
+    #[arg(long, env = "MARQUEE_MAX_PEERS", value_name = "N")]
     pub max_peers: Option<usize>,
-    pub ws_upgrades_per_ip: Option<RateFile>,
-    pub http_per_ip: Option<RateFile>,
-    pub messages_per_connection: Option<RateFile>,
-    pub chat_per_party: Option<RateFile>,
+
+    /// WebSocket upgrades per client IP.
+    #[arg(skip)]
+    pub ws_upgrades_per_ip: Option<RateSettings>,
+
+    /// WHIP/WHEP requests per client IP.
+    #[arg(skip)]
+    pub http_per_ip: Option<RateSettings>,
+
+    /// Messages per WebSocket connection.
+    #[arg(skip)]
+    pub messages_per_connection: Option<RateSettings>,
+
+    /// Chat messages and reactions per watch party.
+    #[arg(skip)]
+    pub chat_per_party: Option<RateSettings>,
 }
 
-/// A rate; a missing half keeps its default.
+/// A rate (see [`Rate`]); a missing half keeps the value below.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RateFile {
+pub struct RateSettings {
     pub per_second: Option<f64>,
     pub burst: Option<u32>,
 }
 
-/// `[telemetry]`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// `[media]`: the SFU's media plane.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
-pub struct TelemetryFile {
+#[command(next_help_heading = "Media")]
+pub struct MediaSettings {
+    /// DTLS-SRTP profiles offered to viewers, by IANA name (`SRTP_AEAD_AES_128_GCM`,
+    /// `SRTP_AES128_CM_HMAC_SHA1_80`, `SRTP_AES128_CM_HMAC_SHA1_32`). File-only.
+    #[arg(skip)]
+    pub viewer_srtp_profiles: Option<Vec<String>>,
+
+    /// Forwarding shards of the media plane, each owning whole rooms (at most 62).
+    ///
+    /// Default: the number of cores, so a node with many rooms uses every core.
+    #[arg(long, env = "MARQUEE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// `[telemetry]`: where traces and metrics go.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+#[command(next_help_heading = "Telemetry")]
+pub struct TelemetrySettings {
+    /// Base URL of an OTLP/HTTP collector for traces and metrics (http://127.0.0.1:4318).
+    ///
+    /// Default: none, nothing is pushed and metrics are served on /metrics only.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
     pub otlp_endpoint: Option<String>,
+
+    /// `service.name` of exported telemetry.
+    ///
+    /// Default: marquee.
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
     pub service_name: Option<String>,
+
+    /// How often metrics (and waiting spans) are pushed, in milliseconds.
+    ///
+    /// Default: 10000, fresh enough for dashboards at one request per signal per node.
+    #[arg(
+        long = "otlp-export-interval-ms",
+        env = "MARQUEE_OTLP_EXPORT_INTERVAL_MS",
+        value_name = "MS"
+    )]
     pub export_interval_ms: Option<u64>,
+}
+
+/// The options `marquee token` shares with `serve`: `--config`, `--auth-secret` and
+/// `--auth-secret-file`, as [`ServeArgs`] declares them (they are copied from its arguments
+/// by id). The secret's keys sit at the file's root among the server's other keys, so they
+/// cannot be a struct of their own that both commands flatten: serde cannot flatten a struct
+/// into a table that refuses unknown keys.
+#[derive(Debug, Clone, Default)]
+pub struct TokenSecretArgs(ServeArgs);
+
+/// The clap ids of [`TokenSecretArgs`]' arguments.
+const TOKEN_SECRET_ARGS: [&str; 3] = ["config", "auth_secret", "auth_secret_file"];
+
+impl Args for TokenSecretArgs {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        let serve = ServeArgs::augment_args(clap::Command::new("serve"));
+        let shared = serve
+            .get_arguments()
+            .filter(|arg| TOKEN_SECRET_ARGS.contains(&arg.get_id().as_str()));
+        command.args(shared.cloned())
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl FromArgMatches for TokenSecretArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut args = ServeArgs {
+            config: matches.get_one("config").cloned(),
+            settings: Settings::default(),
+        };
+        args.settings.auth_secret = matches.get_one("auth_secret").cloned();
+        args.settings.auth_secret_file = matches.get_one("auth_secret_file").cloned();
+        Ok(Self(args))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
 /// Why the settings cannot be used. Every message says where the value came from.
@@ -456,90 +484,46 @@ pub enum SettingsError {
 /// `MARQUEE_CONFIG`, overridden by environment variables, overridden by flags. Validates
 /// everything the server would otherwise refuse later (or worse, accept silently).
 pub fn load(cli: &ServeArgs) -> Result<ServerConfig, SettingsError> {
-    let file = read_config_file(&cli.common)?;
+    let file = read_config_file(cli.config.as_deref())?;
     build(file.as_ref(), cli)
 }
 
 /// The key `marquee token` signs with: the secret from the flags or environment, else from
 /// the configuration file.
-pub fn token_key(common: &CommonArgs) -> Result<TokenKey, SettingsError> {
-    let file = read_config_file(common)?;
-    let secret = resolve_secret(file.as_ref(), common)?.ok_or(SettingsError::NoTokenSecret)?;
+pub fn token_key(args: &TokenSecretArgs) -> Result<TokenKey, SettingsError> {
+    let file = read_config_file(args.0.config.as_deref())?;
+    let secret =
+        resolve_secret(file.as_ref(), &args.0.settings)?.ok_or(SettingsError::NoTokenSecret)?;
     // `resolve_secret` has checked the length; this cannot fail, but report rather than
     // panic if it ever does.
-    TokenKey::new(secret.value.as_bytes()).map_err(|err| SettingsError::Invalid {
-        setting: secret.origin,
-        reason: err.to_string(),
-    })
+    TokenKey::new(secret.value.as_bytes()).map_err(|err| invalid(secret.origin, err.to_string()))
 }
 
 /// `config` in the file's schema, secrets (and passwords in URLs) replaced by
 /// `<redacted>`: what `marquee check-config` prints and the startup log shows.
-pub fn effective(config: &ServerConfig) -> FileSettings {
-    let l = &config.limits;
-    let rate = |rate: Rate| {
-        Some(RateFile {
-            per_second: Some(rate.per_second),
-            burst: Some(rate.burst),
-        })
-    };
-    FileSettings {
-        http: Some(config.http),
-        udp: Some(config.udp),
-        public_ips: Some(config.public_ips.clone()),
-        include_loopback: Some(config.include_loopback),
-        web_root: Some(config.web_root.clone()),
-        max_message_bytes: Some(config.max_message_bytes),
-        redis_url: config.redis_url.as_deref().map(redact_url),
-        dev: Some(config.dev),
-        auth_secret: config.auth_secret.as_ref().map(|_| REDACTED.to_owned()),
-        auth_secret_file: None,
-        cors_origins: Some(config.cors_origins.clone()),
-        shutdown_grace_secs: Some(config.shutdown_grace.as_secs()),
-        turn: Some(
-            config
-                .turn
-                .iter()
-                .map(|turn| TurnFile {
-                    urls: turn.urls.clone(),
-                    secret: (!turn.secret.is_empty()).then(|| REDACTED.to_owned()),
-                    ttl_secs: Some(turn.ttl.as_secs()),
-                })
-                .collect(),
-        ),
-        limits: Some(LimitsFile {
-            max_rooms: Some(l.admission.max_rooms),
-            max_peers_per_room: Some(l.admission.max_peers_per_room),
-            max_peers: Some(l.admission.max_peers),
-            ws_upgrades_per_ip: rate(l.ws_upgrades_per_ip),
-            http_per_ip: rate(l.http_per_ip),
-            messages_per_connection: rate(l.messages_per_connection),
-            chat_per_party: rate(l.chat_per_party),
-        }),
-        telemetry: Some(TelemetryFile {
-            otlp_endpoint: config.telemetry.otlp_endpoint.as_deref().map(redact_url),
-            service_name: Some(config.telemetry.service_name.clone()),
-            export_interval_ms: Some(
-                u64::try_from(config.telemetry.export_interval.as_millis()).unwrap_or(u64::MAX),
-            ),
-        }),
-        media: Some(MediaFile {
-            viewer_srtp_profiles: Some(
-                config
-                    .viewer_srtp_profiles
-                    .iter()
-                    .map(|p| p.iana_name().to_owned())
-                    .collect(),
-            ),
-            workers: Some(config.workers),
-        }),
-    }
+pub fn effective(config: &ServerConfig) -> Settings {
+    let mut settings = Settings::default();
+    // The walk takes the config mutably (applying a layer writes it); rendering only reads.
+    let Ok(()) = each_setting(&mut Render, &mut settings, &mut config.clone());
+    settings.auth_secret = config.auth_secret.as_ref().map(|_| REDACTED.to_owned());
+    let turn = config.turn.iter().map(|turn| TurnSettings {
+        urls: turn.urls.clone(),
+        secret: (!turn.secret.is_empty()).then(|| REDACTED.to_owned()),
+        ttl_secs: Some(turn.ttl.as_secs()),
+    });
+    settings.turn = Some(turn.collect());
+    settings
+}
+
+/// Parses a configuration file's text.
+pub fn parse_file(text: &str) -> Result<Settings, toml::de::Error> {
+    toml::from_str(text)
 }
 
 /// A parsed configuration file and where it is (for error messages and relative paths).
 struct LoadedFile {
     path: PathBuf,
-    settings: FileSettings,
+    settings: Settings,
 }
 
 impl LoadedFile {
@@ -558,9 +542,342 @@ impl LoadedFile {
     }
 }
 
-/// How errors name a flag and its environment variable.
-fn flag(name: &str, env: &str) -> String {
-    format!("--{name} (or {env})")
+fn read_config_file(path: Option<&Path>) -> Result<Option<LoadedFile>, SettingsError> {
+    let Some(path) = path.filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(path).map_err(|error| SettingsError::Read {
+        what: "configuration file",
+        path: path.to_owned(),
+        error,
+    })?;
+    let settings = parse_file(&text).map_err(|error| SettingsError::Parse {
+        path: path.to_owned(),
+        error: Box::new(error),
+    })?;
+    Ok(Some(LoadedFile {
+        path: path.to_owned(),
+        settings,
+    }))
+}
+
+/// The layering itself: defaults, then `file`, then flags and environment (`cli`). Each
+/// layer's values are checked even where a higher layer overrides them, so a bad file is
+/// reported whatever the flags say.
+fn build(file: Option<&LoadedFile>, cli: &ServeArgs) -> Result<ServerConfig, SettingsError> {
+    let mut config = ServerConfig::default();
+    if let Some(file) = file {
+        apply(Layer::File(file), &file.settings, &mut config)?;
+    }
+    apply(Layer::Flags, &cli.settings, &mut config)?;
+    config.turn = turn_servers(file, &cli.settings.turn_flags)?;
+    if let Some(secret) = resolve_secret(file, &cli.settings)? {
+        config.auth_secret = Some(secret.value);
+    }
+    if !config.dev && config.auth_secret.is_none() {
+        return Err(SettingsError::NoAccessControl);
+    }
+    Ok(config)
+}
+
+/// Sets every field of `config` that `settings` sets, checking each value.
+fn apply(
+    layer: Layer<'_>,
+    settings: &Settings,
+    config: &mut ServerConfig,
+) -> Result<(), SettingsError> {
+    // The walk takes each value out of the layer; the caller's copy stays as it is.
+    each_setting(&mut Apply(layer), &mut settings.clone(), config)
+}
+
+/// Every setting that is one field of [`ServerConfig`]: its file key (whose last part is its
+/// clap id, so errors can name the flag), its place in a layer's [`Settings`], its place in
+/// the config, and the codec between the two. Applying a layer ([`Apply`]) and rendering the
+/// effective configuration ([`Render`]) both walk this list, so they cannot disagree. Not
+/// here: the token secret and the TURN servers, which the layers spell differently (see
+/// [`resolve_secret`] and [`turn_servers`]).
+fn each_setting<V: Visit>(
+    v: &mut V,
+    s: &mut Settings,
+    c: &mut ServerConfig,
+) -> Result<(), V::Error> {
+    // One line per setting: "file key": place in the layer => place in the config, codec.
+    macro_rules! settings {
+        ($($key:literal: $value:expr => $config:expr, $codec:expr;)*) => {
+            $(v.setting($key, &mut $value, &mut $config, $codec)?;)*
+        };
+    }
+    let limits = s.limits.get_or_insert_default();
+    let media = s.media.get_or_insert_default();
+    let telemetry = s.telemetry.get_or_insert_default();
+    settings! {
+        "http": s.http => c.http, same();
+        "udp": s.udp => c.udp, same();
+        "public_ips": s.public_ips => c.public_ips, same();
+        "include_loopback": s.include_loopback => c.include_loopback, same();
+        "web_root": s.web_root => c.web_root, path();
+        "max_message_bytes": s.max_message_bytes => c.max_message_bytes, positive();
+        "redis_url": s.redis_url => c.redis_url, redis_url();
+        "dev": s.dev => c.dev, same();
+        "cors_origins": s.cors_origins => c.cors_origins, origins();
+        "shutdown_grace_secs": s.shutdown_grace_secs => c.shutdown_grace, secs();
+        "limits.ws_upgrades_per_ip": limits.ws_upgrades_per_ip
+            => c.limits.ws_upgrades_per_ip, rate();
+        "limits.http_per_ip": limits.http_per_ip => c.limits.http_per_ip, rate();
+        "limits.messages_per_connection": limits.messages_per_connection
+            => c.limits.messages_per_connection, rate();
+        "limits.chat_per_party": limits.chat_per_party => c.limits.chat_per_party, rate();
+        "limits.max_rooms": limits.max_rooms => c.limits.admission.max_rooms, positive();
+        "limits.max_peers_per_room": limits.max_peers_per_room
+            => c.limits.admission.max_peers_per_room, positive();
+        "limits.max_peers": limits.max_peers => c.limits.admission.max_peers, positive();
+        "telemetry.otlp_endpoint": telemetry.otlp_endpoint
+            => c.telemetry.otlp_endpoint, otlp_endpoint();
+        "telemetry.service_name": telemetry.service_name => c.telemetry.service_name, text();
+        "telemetry.export_interval_ms": telemetry.export_interval_ms
+            => c.telemetry.export_interval, millis();
+        "media.workers": media.workers => c.workers, workers();
+        "media.viewer_srtp_profiles": media.viewer_srtp_profiles
+            => c.viewer_srtp_profiles, srtp();
+    }
+    Ok(())
+}
+
+/// What a walk over the settings (`each_setting`) does with each one.
+trait Visit {
+    type Error;
+
+    /// One setting: `key` is its file key, `value` its place in a layer, `config` its place in
+    /// the [`ServerConfig`].
+    fn setting<T, U>(
+        &mut self,
+        key: &'static str,
+        value: &mut Option<T>,
+        config: &mut U,
+        codec: Codec<T, U>,
+    ) -> Result<(), Self::Error>;
+}
+
+/// Applies one layer: each value it sets is checked, named after the layer, and replaces the
+/// config's.
+struct Apply<'a>(Layer<'a>);
+
+impl Visit for Apply<'_> {
+    type Error = SettingsError;
+
+    fn setting<T, U>(
+        &mut self,
+        key: &'static str,
+        value: &mut Option<T>,
+        config: &mut U,
+        codec: Codec<T, U>,
+    ) -> Result<(), SettingsError> {
+        let Some(value) = value.take() else {
+            return Ok(());
+        };
+        match (codec.decode)(value, config, self.0) {
+            Ok(Some(decoded)) => *config = decoded,
+            Ok(None) => {}
+            Err(reason) => return Err(invalid(self.0.name(key), reason)),
+        }
+        Ok(())
+    }
+}
+
+/// Writes the config's values into a [`Settings`] in the file's schema.
+struct Render;
+
+impl Visit for Render {
+    type Error = Infallible;
+
+    fn setting<T, U>(
+        &mut self,
+        _key: &'static str,
+        value: &mut Option<T>,
+        config: &mut U,
+        codec: Codec<T, U>,
+    ) -> Result<(), Infallible> {
+        *value = (codec.encode)(config);
+        Ok(())
+    }
+}
+
+/// How a setting's value in a layer (`T`, as the file and the flags spell it) and its value in
+/// the config (`U`) convert into each other.
+struct Codec<T, U> {
+    /// Checks a layer's value and converts it, or says why it cannot be used; `None` when it
+    /// counts as unset (see [`is_set`]). The `&U` is the value of the layers below, the
+    /// layer resolves relative paths.
+    decode: fn(T, &U, Layer<'_>) -> Result<Option<U>, String>,
+    /// The config's value as the file spells it, secrets redacted.
+    encode: fn(&U) -> Option<T>,
+}
+
+/// Taken as given.
+fn same<T: Clone>() -> Codec<T, T> {
+    Codec {
+        decode: |value, _, _| Ok(Some(value)),
+        encode: |value| Some(value.clone()),
+    }
+}
+
+/// A number above 0.
+fn positive<N: PartialOrd + Default + Copy + fmt::Display>() -> Codec<N, N> {
+    Codec {
+        decode: |n, _, _| above_zero(n).map(Some),
+        encode: |n| Some(*n),
+    }
+}
+
+/// Whole seconds; 0 is allowed (no grace at all).
+fn secs() -> Codec<u64, Duration> {
+    Codec {
+        decode: |secs, _, _| Ok(Some(Duration::from_secs(secs))),
+        encode: |duration| Some(duration.as_secs()),
+    }
+}
+
+/// Milliseconds above 0: an interval of 0 would never pass.
+fn millis() -> Codec<u64, Duration> {
+    Codec {
+        decode: |ms, _, _| above_zero(ms).map(|ms| Some(Duration::from_millis(ms))),
+        encode: |duration| Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// Free text; blank counts as unset.
+fn text() -> Codec<String, String> {
+    Codec {
+        decode: |text, _, _| Ok(is_set(&text).then_some(text)),
+        encode: |text| Some(text.clone()),
+    }
+}
+
+/// A path; in the file, relative to the file's directory. Empty counts as unset.
+fn path() -> Codec<PathBuf, PathBuf> {
+    Codec {
+        decode: |path, _, layer| Ok((!path.as_os_str().is_empty()).then(|| layer.path(&path))),
+        encode: |path| Some(path.clone()),
+    }
+}
+
+/// A Redis URL; blank counts as unset, a password is redacted when shown.
+fn redis_url() -> Codec<String, Option<String>> {
+    Codec {
+        decode: |url, _, _| {
+            if !is_set(&url) {
+                return Ok(None);
+            }
+            check_redis_url(&url).map(|url| Some(Some(url)))
+        },
+        encode: |url| url.as_deref().map(redact_url),
+    }
+}
+
+/// An OTLP/HTTP base URL, trimmed; blank counts as unset, a password is redacted when shown.
+fn otlp_endpoint() -> Codec<String, Option<String>> {
+    Codec {
+        decode: |endpoint, _, _| {
+            let endpoint = endpoint.trim();
+            if endpoint.is_empty() {
+                return Ok(None);
+            }
+            check_otlp_endpoint(endpoint)?;
+            Ok(Some(Some(endpoint.to_owned())))
+        },
+        encode: |endpoint| endpoint.as_deref().map(redact_url),
+    }
+}
+
+/// CORS origins (see [`check_origins`]).
+fn origins() -> Codec<Vec<String>, Vec<String>> {
+    Codec {
+        decode: |origins, _, _| check_origins(&origins).map(|()| Some(origins)),
+        encode: |origins| Some(origins.clone()),
+    }
+}
+
+/// A number of forwarding shards (see [`check_workers`]).
+fn workers() -> Codec<usize, usize> {
+    Codec {
+        decode: |n, _, _| check_workers(n).map(Some),
+        encode: |n| Some(*n),
+    }
+}
+
+/// SRTP profiles by IANA name.
+fn srtp() -> Codec<Vec<String>, Vec<SrtpProfile>> {
+    Codec {
+        decode: |names, _, _| srtp_profiles(&names).map(Some),
+        encode: |profiles| Some(profiles.iter().map(|p| p.iana_name().to_owned()).collect()),
+    }
+}
+
+/// A rate whose missing half keeps the value below.
+fn rate() -> Codec<RateSettings, Rate> {
+    Codec {
+        decode: |given, below, _| {
+            let rate = Rate {
+                per_second: given.per_second.unwrap_or(below.per_second),
+                burst: given.burst.unwrap_or(below.burst),
+            };
+            // The limiter's own check, so the file is refused for exactly what the server
+            // would refuse.
+            rate.quota()?;
+            Ok(Some(rate))
+        },
+        encode: |rate| {
+            Some(RateSettings {
+                per_second: Some(rate.per_second),
+                burst: Some(rate.burst),
+            })
+        },
+    }
+}
+
+/// One layer above the defaults, as errors name its settings.
+#[derive(Clone, Copy)]
+enum Layer<'a> {
+    /// The configuration file: its path names keys, and relative paths start at its
+    /// directory.
+    File(&'a LoadedFile),
+    /// The flags and their environment variables (clap does not say which gave a value).
+    Flags,
+}
+
+impl Layer<'_> {
+    /// How errors name the setting of file key `key` (`limits.max_rooms`) in this layer.
+    fn name(self, key: &str) -> String {
+        match self {
+            Layer::File(file) => file.key(key),
+            Layer::Flags => flag_name(key.rsplit('.').next().unwrap_or(key)),
+        }
+    }
+
+    /// `path` as this layer means it (see [`LoadedFile::resolve`]).
+    fn path(self, path: &Path) -> PathBuf {
+        match self {
+            Layer::File(file) => file.resolve(path),
+            Layer::Flags => path.to_owned(),
+        }
+    }
+}
+
+/// How errors name the flag of clap id `id` and its environment variable, as declared:
+/// `--max-rooms (or MARQUEE_MAX_ROOMS)`.
+fn flag_name(id: &str) -> String {
+    let command = ServeArgs::augment_args(clap::Command::new("marquee"));
+    let Some(arg) = command
+        .get_arguments()
+        .find(|arg| arg.get_id().as_str() == id)
+    else {
+        return id.to_owned();
+    };
+    let long = arg.get_long().unwrap_or(id);
+    match arg.get_env() {
+        Some(env) => format!("--{long} (or {})", env.to_string_lossy()),
+        None => format!("--{long}"),
+    }
 }
 
 fn invalid(setting: String, reason: impl Into<String>) -> SettingsError {
@@ -570,370 +887,82 @@ fn invalid(setting: String, reason: impl Into<String>) -> SettingsError {
     }
 }
 
-/// An empty string counts as unset in every layer, so `MARQUEE_REDIS_URL=` in a compose file
-/// means "not set" rather than "an empty URL" (as OpenTelemetry's variables are read).
-fn non_empty(value: Option<&String>) -> Option<&str> {
-    value.map(String::as_str).filter(|v| !v.trim().is_empty())
+/// Whether a text value counts as set. A blank one counts as unset in every layer, so
+/// `redis_url = ""` or `--redis ""` means "not set" rather than "an empty URL", as
+/// OpenTelemetry reads its variables (`main` unhooks empty environment variables before clap
+/// sees them).
+fn is_set(text: &str) -> bool {
+    !text.trim().is_empty()
 }
 
-fn read_config_file(common: &CommonArgs) -> Result<Option<LoadedFile>, SettingsError> {
-    let Some(path) = common.config.as_ref().filter(|p| !p.as_os_str().is_empty()) else {
-        return Ok(None);
-    };
-    let text = std::fs::read_to_string(path).map_err(|error| SettingsError::Read {
-        what: "configuration file",
-        path: path.clone(),
-        error,
-    })?;
-    let settings = parse_file(&text).map_err(|error| SettingsError::Parse {
-        path: path.clone(),
-        error: Box::new(error),
-    })?;
-    Ok(Some(LoadedFile {
-        path: path.clone(),
-        settings,
-    }))
-}
-
-/// Parses a configuration file's text.
-pub fn parse_file(text: &str) -> Result<FileSettings, toml::de::Error> {
-    toml::from_str(text)
-}
-
-/// The layering itself: defaults, then `file`, then flags and environment (`cli`).
-fn build(file: Option<&LoadedFile>, cli: &ServeArgs) -> Result<ServerConfig, SettingsError> {
-    let mut config = ServerConfig::default();
-    // TURN servers with where each came from, for the checks after all layers are applied
-    // (the URLs may come from the file and the secret from the environment).
-    let mut turn: Vec<(TurnConfig, String)> = Vec::new();
-    if let Some(file) = file {
-        apply_file(&mut config, &mut turn, file)?;
-    }
-    apply_cli(&mut config, &mut turn, cli)?;
-    for (server, origin) in &turn {
-        check_turn(server, origin)?;
-    }
-    config.turn = turn.into_iter().map(|(server, _)| server).collect();
-    if let Some(secret) = resolve_secret(file, &cli.common)? {
-        config.auth_secret = Some(secret.value);
-    }
-    if !config.dev && config.auth_secret.is_none() {
-        return Err(SettingsError::NoAccessControl);
-    }
-    Ok(config)
-}
-
-fn apply_file(
-    config: &mut ServerConfig,
-    turn: &mut Vec<(TurnConfig, String)>,
-    file: &LoadedFile,
-) -> Result<(), SettingsError> {
-    let s = &file.settings;
-    if let Some(http) = s.http {
-        config.http = http;
-    }
-    if let Some(udp) = s.udp {
-        config.udp = udp;
-    }
-    if let Some(ips) = &s.public_ips {
-        config.public_ips = ips.clone();
-    }
-    if let Some(include) = s.include_loopback {
-        config.include_loopback = include;
-    }
-    if let Some(root) = &s.web_root {
-        config.web_root = file.resolve(root);
-    }
-    if let Some(bytes) = s.max_message_bytes {
-        config.max_message_bytes = positive(bytes, || file.key("max_message_bytes"))?;
-    }
-    if let Some(url) = non_empty(s.redis_url.as_ref()) {
-        config.redis_url = Some(check_redis_url(url, || file.key("redis_url"))?);
-    }
-    if let Some(dev) = s.dev {
-        config.dev = dev;
-    }
-    if let Some(origins) = &s.cors_origins {
-        config.cors_origins = check_origins(origins, || file.key("cors_origins"))?;
-    }
-    if let Some(secs) = s.shutdown_grace_secs {
-        config.shutdown_grace = Duration::from_secs(secs);
-    }
-    for (i, entry) in s.turn.iter().flatten().enumerate() {
-        let origin = file.key(&format!("[[turn]] #{}", i + 1));
+/// The TURN servers, each checked: the file's `[[turn]]` list, then the flags. With
+/// `--turn-url` the flags describe one server that replaces the file's list; without it,
+/// `--turn-secret` and `--turn-ttl-secs` apply to every server of the file, so the URLs can
+/// live in the file and the secret in the environment. The checks come after both layers,
+/// since a server's URLs and its secret may come from different ones.
+fn turn_servers(
+    file: Option<&LoadedFile>,
+    flags: &TurnSettings,
+) -> Result<Vec<TurnConfig>, SettingsError> {
+    // Each server with how errors name it.
+    let mut servers: Vec<(TurnConfig, String)> = Vec::new();
+    let file_entries = file.into_iter().flat_map(|file| {
+        let entries = file.settings.turn.iter().flatten().enumerate();
+        entries.map(move |(i, entry)| (entry, file.key(&format!("[[turn]] #{}", i + 1))))
+    });
+    for (entry, origin) in file_entries {
         let ttl = match entry.ttl_secs {
-            Some(secs) => Duration::from_secs(positive(secs, || format!("ttl_secs of {origin}"))?),
+            Some(secs) => Duration::from_secs(
+                above_zero(secs).map_err(|r| invalid(format!("ttl_secs of {origin}"), r))?,
+            ),
             None => DEFAULT_TURN_TTL,
         };
+        let secret = entry.secret.clone().filter(|s| is_set(s));
         let server = TurnConfig {
             urls: entry.urls.clone(),
-            secret: non_empty(entry.secret.as_ref())
-                .unwrap_or_default()
-                .to_owned(),
+            secret: secret.unwrap_or_default(),
             ttl,
         };
-        turn.push((server, origin));
+        servers.push((server, origin));
     }
-    if let Some(limits) = &s.limits {
-        apply_limits_file(&mut config.limits, limits, file)?;
-    }
-    if let Some(t) = &s.telemetry {
-        apply_telemetry(
-            &mut config.telemetry,
-            non_empty(t.otlp_endpoint.as_ref()),
-            non_empty(t.service_name.as_ref()),
-            t.export_interval_ms,
-            |key| file.key(&format!("telemetry.{key}")),
-        )?;
-    }
-    if let Some(n) = s.media.as_ref().and_then(|m| m.workers) {
-        config.workers = workers(n, || file.key("media.workers"))?;
-    }
-    if let Some(names) = s
-        .media
-        .as_ref()
-        .and_then(|m| m.viewer_srtp_profiles.as_ref())
-    {
-        config.viewer_srtp_profiles =
-            srtp_profiles(names, || file.key("media.viewer_srtp_profiles"))?;
-    }
-    Ok(())
-}
 
-/// A number of forwarding shards: 1 to [`sfu::shard::MAX_SHARDS`].
-fn workers(n: usize, setting: impl Fn() -> String) -> Result<usize, SettingsError> {
-    if (1..=sfu::shard::MAX_SHARDS).contains(&n) {
-        Ok(n)
-    } else {
-        Err(invalid(
-            setting(),
-            format!("{n}: between 1 and {} shards", sfu::shard::MAX_SHARDS),
-        ))
-    }
-}
-
-/// A non-empty list of SRTP profiles the fast path implements, by IANA name.
-fn srtp_profiles(
-    names: &[String],
-    setting: impl Fn() -> String,
-) -> Result<Vec<SrtpProfile>, SettingsError> {
-    let known = || {
-        SrtpProfile::ALL
-            .iter()
-            .map(|p| p.iana_name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if names.is_empty() {
-        return Err(invalid(
-            setting(),
-            format!("list at least one of {}", known()),
-        ));
-    }
-    let mut profiles = Vec::new();
-    for name in names {
-        let profile = SrtpProfile::from_iana_name(name).ok_or_else(|| {
-            invalid(
-                setting(),
-                format!(
-                    "unknown SRTP profile {name:?}; the SFU implements {}",
-                    known()
-                ),
-            )
-        })?;
-        if !profiles.contains(&profile) {
-            profiles.push(profile);
-        }
-    }
-    Ok(profiles)
-}
-
-fn apply_limits_file(
-    limits: &mut LimitsConfig,
-    file_limits: &LimitsFile,
-    file: &LoadedFile,
-) -> Result<(), SettingsError> {
-    let key = |name: &str| file.key(&format!("limits.{name}"));
-    let rates = [
-        (
-            "ws_upgrades_per_ip",
-            &mut limits.ws_upgrades_per_ip,
-            file_limits.ws_upgrades_per_ip,
-        ),
-        (
-            "http_per_ip",
-            &mut limits.http_per_ip,
-            file_limits.http_per_ip,
-        ),
-        (
-            "messages_per_connection",
-            &mut limits.messages_per_connection,
-            file_limits.messages_per_connection,
-        ),
-        (
-            "chat_per_party",
-            &mut limits.chat_per_party,
-            file_limits.chat_per_party,
-        ),
-    ];
-    for (name, rate, entry) in rates {
-        let Some(entry) = entry else { continue };
-        let merged = Rate {
-            per_second: entry.per_second.unwrap_or(rate.per_second),
-            burst: entry.burst.unwrap_or(rate.burst),
-        };
-        // The limiter's own check, so the file is refused for exactly what the server
-        // would refuse.
-        merged
-            .quota()
-            .map_err(|reason| invalid(key(name), reason))?;
-        *rate = merged;
-    }
-    let admission = &mut limits.admission;
-    if let Some(n) = file_limits.max_rooms {
-        admission.max_rooms = positive(n, || key("max_rooms"))?;
-    }
-    if let Some(n) = file_limits.max_peers_per_room {
-        admission.max_peers_per_room = positive(n, || key("max_peers_per_room"))?;
-    }
-    if let Some(n) = file_limits.max_peers {
-        admission.max_peers = positive(n, || key("max_peers"))?;
-    }
-    Ok(())
-}
-
-fn apply_cli(
-    config: &mut ServerConfig,
-    turn: &mut Vec<(TurnConfig, String)>,
-    cli: &ServeArgs,
-) -> Result<(), SettingsError> {
-    if let Some(http) = cli.http {
-        config.http = http;
-    }
-    if let Some(udp) = cli.udp {
-        config.udp = udp;
-    }
-    if !cli.public_ips.is_empty() {
-        config.public_ips = cli.public_ips.clone();
-    }
-    if let Some(no_loopback) = cli.no_loopback {
-        config.include_loopback = !no_loopback;
-    }
-    if let Some(root) = cli.web_root.as_ref().filter(|p| !p.as_os_str().is_empty()) {
-        config.web_root = root.clone();
-    }
-    if let Some(bytes) = cli.max_message_bytes {
-        config.max_message_bytes = positive(bytes, || {
-            flag("max-message-bytes", "MARQUEE_MAX_MESSAGE_BYTES")
-        })?;
-    }
-    if let Some(url) = non_empty(cli.redis_url.as_ref()) {
-        config.redis_url = Some(check_redis_url(url, || flag("redis", "MARQUEE_REDIS_URL"))?);
-    }
-    if let Some(dev) = cli.dev {
-        config.dev = dev;
-    }
-    if !cli.cors_origins.is_empty() {
-        config.cors_origins = check_origins(&cli.cors_origins, || {
-            flag("cors-origin", "MARQUEE_CORS_ORIGIN")
-        })?;
-    }
-    if let Some(secs) = cli.shutdown_grace_secs {
-        config.shutdown_grace = Duration::from_secs(secs);
-    }
-    apply_turn_cli(turn, cli)?;
-    let admission = &mut config.limits.admission;
-    if let Some(n) = cli.max_rooms {
-        admission.max_rooms = positive(n, || flag("max-rooms", "MARQUEE_MAX_ROOMS"))?;
-    }
-    if let Some(n) = cli.max_peers_per_room {
-        admission.max_peers_per_room = positive(n, || {
-            flag("max-peers-per-room", "MARQUEE_MAX_PEERS_PER_ROOM")
-        })?;
-    }
-    if let Some(n) = cli.workers {
-        config.workers = workers(n, || flag("workers", "MARQUEE_WORKERS"))?;
-    }
-    if let Some(n) = cli.max_peers {
-        admission.max_peers = positive(n, || flag("max-peers", "MARQUEE_MAX_PEERS"))?;
-    }
-    apply_telemetry(
-        &mut config.telemetry,
-        non_empty(cli.otlp_endpoint.as_ref()),
-        non_empty(cli.service_name.as_ref()),
-        cli.otlp_export_interval_ms,
-        |key| match key {
-            "otlp_endpoint" => flag("otlp-endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
-            "service_name" => flag("service-name", "OTEL_SERVICE_NAME"),
-            _ => flag("otlp-export-interval-ms", "MARQUEE_OTLP_EXPORT_INTERVAL_MS"),
-        },
-    )
-}
-
-/// The TURN flags: with `--turn-url` they describe one server that replaces the file's list;
-/// without it, `--turn-secret` and `--turn-ttl-secs` apply to every server of the file, so
-/// the URLs can live in the file and the secret in the environment.
-fn apply_turn_cli(
-    turn: &mut Vec<(TurnConfig, String)>,
-    cli: &ServeArgs,
-) -> Result<(), SettingsError> {
-    let secret = non_empty(cli.turn_secret.as_ref());
-    let ttl = match cli.turn_ttl_secs {
-        Some(secs) => Some(Duration::from_secs(positive(secs, || {
-            flag("turn-ttl-secs", "MARQUEE_TURN_TTL_SECS")
-        })?)),
+    let secret = flags.secret.as_deref().filter(|s| is_set(s));
+    let ttl = match flags.ttl_secs {
+        Some(secs) => Some(Duration::from_secs(
+            above_zero(secs).map_err(|r| invalid(flag_name("ttl_secs"), r))?,
+        )),
         None => None,
     };
-    if !cli.turn_urls.is_empty() {
-        *turn = vec![(
-            TurnConfig {
-                urls: cli.turn_urls.clone(),
-                secret: secret.unwrap_or_default().to_owned(),
-                ttl: ttl.unwrap_or(DEFAULT_TURN_TTL),
-            },
-            flag("turn-url", "MARQUEE_TURN_URL"),
-        )];
-        return Ok(());
-    }
-    if turn.is_empty() && (secret.is_some() || ttl.is_some()) {
+    if !flags.urls.is_empty() {
+        let server = TurnConfig {
+            urls: flags.urls.clone(),
+            secret: secret.unwrap_or_default().to_owned(),
+            ttl: ttl.unwrap_or(DEFAULT_TURN_TTL),
+        };
+        servers = vec![(server, flag_name("urls"))];
+    } else if servers.is_empty() && (secret.is_some() || ttl.is_some()) {
         return Err(invalid(
-            flag("turn-secret", "MARQUEE_TURN_SECRET"),
+            flag_name("secret"),
             "a TURN secret or TTL was given but no TURN server: add --turn-url \
              (MARQUEE_TURN_URL) or a [[turn]] entry to the configuration file",
         ));
-    }
-    for (server, _) in turn.iter_mut() {
-        if let Some(secret) = secret {
-            server.secret = secret.to_owned();
+    } else {
+        for (server, _) in &mut servers {
+            if let Some(secret) = secret {
+                server.secret = secret.to_owned();
+            }
+            if let Some(ttl) = ttl {
+                server.ttl = ttl;
+            }
         }
-        if let Some(ttl) = ttl {
-            server.ttl = ttl;
-        }
     }
-    Ok(())
-}
 
-fn apply_telemetry(
-    telemetry: &mut TelemetryConfig,
-    endpoint: Option<&str>,
-    service_name: Option<&str>,
-    export_interval_ms: Option<u64>,
-    setting: impl Fn(&str) -> String,
-) -> Result<(), SettingsError> {
-    if let Some(endpoint) = endpoint {
-        let endpoint = endpoint.trim();
-        check_otlp_endpoint(endpoint)
-            .map_err(|reason| invalid(setting("otlp_endpoint"), reason))?;
-        telemetry.otlp_endpoint = Some(endpoint.to_owned());
+    let mut checked = Vec::with_capacity(servers.len());
+    for (server, origin) in servers {
+        check_turn(&server).map_err(|reason| invalid(origin, reason))?;
+        checked.push(server);
     }
-    if let Some(name) = service_name {
-        telemetry.service_name = name.to_owned();
-    }
-    if let Some(ms) = export_interval_ms {
-        telemetry.export_interval =
-            Duration::from_millis(positive(ms, || setting("export_interval_ms"))?);
-    }
-    Ok(())
+    Ok(checked)
 }
 
 /// A token secret and where it came from.
@@ -943,44 +972,17 @@ struct Secret {
 }
 
 /// The token secret of the highest layer that has one (flags and environment, then the
-/// file), checked for length. Each layer may give the secret inline or as a file, not both:
-/// two spellings of one setting that disagree would leave the operator guessing which won.
+/// file), checked for length.
 fn resolve_secret(
     file: Option<&LoadedFile>,
-    common: &CommonArgs,
+    cli: &Settings,
 ) -> Result<Option<Secret>, SettingsError> {
-    let cli_inline = non_empty(common.auth_secret.as_ref()).map(|value| Secret {
-        value: value.to_owned(),
-        origin: flag("auth-secret", "MARQUEE_AUTH_SECRET"),
-    });
-    let cli_file = common
-        .auth_secret_file
-        .as_ref()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(|path| {
-            (
-                path.clone(),
-                flag("auth-secret-file", "MARQUEE_AUTH_SECRET_FILE"),
-            )
-        });
-    let secret = match pick_secret(cli_inline, cli_file)? {
-        Some(secret) => Some(secret),
-        None => match file {
-            Some(file) => {
-                let inline = non_empty(file.settings.auth_secret.as_ref()).map(|value| Secret {
-                    value: value.to_owned(),
-                    origin: file.key("auth_secret"),
-                });
-                let from_file = file
-                    .settings
-                    .auth_secret_file
-                    .as_ref()
-                    .map(|path| (file.resolve(path), file.key("auth_secret_file")));
-                pick_secret(inline, from_file)?
-            }
-            None => None,
-        },
-    };
+    let mut secret = layer_secret(Layer::Flags, cli)?;
+    if secret.is_none()
+        && let Some(file) = file
+    {
+        secret = layer_secret(Layer::File(file), &file.settings)?;
+    }
     if let Some(secret) = &secret {
         TokenKey::new(secret.value.as_bytes())
             .map_err(|err| invalid(secret.origin.clone(), err.to_string()))?;
@@ -988,18 +990,29 @@ fn resolve_secret(
     Ok(secret)
 }
 
-/// One layer's secret: inline, or read from a file; both is an error.
-fn pick_secret(
-    inline: Option<Secret>,
-    file: Option<(PathBuf, String)>,
-) -> Result<Option<Secret>, SettingsError> {
+/// One layer's token secret, given inline or read from a file. Both is refused: two
+/// spellings of one setting that disagree would leave the operator guessing which won.
+fn layer_secret(layer: Layer<'_>, settings: &Settings) -> Result<Option<Secret>, SettingsError> {
+    let inline = settings.auth_secret.as_deref().filter(|s| is_set(s));
+    let file = settings
+        .auth_secret_file
+        .as_deref()
+        .filter(|p| !p.as_os_str().is_empty());
     match (inline, file) {
-        (Some(inline), Some((_, file_origin))) => Err(invalid(
-            inline.origin,
-            format!("the token secret is also given by {file_origin}; set only one"),
+        (Some(_), Some(_)) => Err(invalid(
+            layer.name("auth_secret"),
+            format!(
+                "the token secret is also given by {}; set only one",
+                layer.name("auth_secret_file")
+            ),
         )),
-        (Some(inline), None) => Ok(Some(inline)),
-        (None, Some((path, origin))) => {
+        (Some(inline), None) => Ok(Some(Secret {
+            value: inline.to_owned(),
+            origin: layer.name("auth_secret"),
+        })),
+        (None, Some(path)) => {
+            let path = layer.path(path);
+            let origin = layer.name("auth_secret_file");
             let text = std::fs::read_to_string(&path).map_err(|error| SettingsError::Read {
                 what: "token secret file",
                 path: path.clone(),
@@ -1019,19 +1032,16 @@ fn pick_secret(
 
 /// A TURN server clients can use: URLs of a known scheme, a secret when any URL needs
 /// credentials (browsers refuse a `turn:` URL without them), a TTL above zero.
-fn check_turn(server: &TurnConfig, origin: &str) -> Result<(), SettingsError> {
+fn check_turn(server: &TurnConfig) -> Result<(), String> {
     if server.urls.is_empty() {
-        return Err(invalid(origin.to_owned(), "no urls"));
+        return Err("no urls".into());
     }
     for url in &server.urls {
         if !["turn:", "turns:", "stun:"]
             .iter()
             .any(|scheme| url.starts_with(scheme))
         {
-            return Err(invalid(
-                origin.to_owned(),
-                format!("`{url}` is not a turn:, turns: or stun: URL"),
-            ));
+            return Err(format!("`{url}` is not a turn:, turns: or stun: URL"));
         }
     }
     let needs_secret = server
@@ -1039,46 +1049,76 @@ fn check_turn(server: &TurnConfig, origin: &str) -> Result<(), SettingsError> {
         .iter()
         .any(|url| url.starts_with("turn:") || url.starts_with("turns:"));
     if needs_secret && server.secret.is_empty() {
-        return Err(invalid(
-            origin.to_owned(),
+        return Err(
             "turn: and turns: URLs need the secret shared with the TURN server (coturn \
-             static-auth-secret): set `secret` in [[turn]], --turn-secret or \
-             MARQUEE_TURN_SECRET",
-        ));
+                    static-auth-secret): set `secret` in [[turn]], --turn-secret or \
+                    MARQUEE_TURN_SECRET"
+                .into(),
+        );
     }
     if server.ttl.is_zero() {
-        return Err(invalid(
-            origin.to_owned(),
-            "the credential TTL must be above 0",
-        ));
+        return Err("the credential TTL must be above 0".into());
     }
     Ok(())
 }
 
+/// A number of forwarding shards: 1 to [`sfu::shard::MAX_SHARDS`].
+fn check_workers(n: usize) -> Result<usize, String> {
+    if (1..=sfu::shard::MAX_SHARDS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n}: between 1 and {} shards",
+            sfu::shard::MAX_SHARDS
+        ))
+    }
+}
+
+/// A non-empty list of SRTP profiles the fast path implements, by IANA name.
+fn srtp_profiles(names: &[String]) -> Result<Vec<SrtpProfile>, String> {
+    let known = || {
+        SrtpProfile::ALL
+            .iter()
+            .map(|p| p.iana_name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if names.is_empty() {
+        return Err(format!("list at least one of {}", known()));
+    }
+    let mut profiles = Vec::new();
+    for name in names {
+        let profile = SrtpProfile::from_iana_name(name).ok_or_else(|| {
+            format!(
+                "unknown SRTP profile {name:?}; the SFU implements {}",
+                known()
+            )
+        })?;
+        if !profiles.contains(&profile) {
+            profiles.push(profile);
+        }
+    }
+    Ok(profiles)
+}
+
 /// Catches the common mistake of a bare `host:port`, which the Redis client would only
 /// report once the server is starting.
-fn check_redis_url(url: &str, setting: impl Fn() -> String) -> Result<String, SettingsError> {
+fn check_redis_url(url: &str) -> Result<String, String> {
     let url = url.trim();
     let known = ["redis://", "rediss://", "redis+unix://", "unix://"];
     if known.iter().any(|scheme| url.starts_with(scheme)) {
         Ok(url.to_owned())
     } else {
-        Err(invalid(
-            setting(),
-            format!(
-                "`{}` is not a Redis URL; expected redis://host:6379/0 (or rediss://, unix://)",
-                redact_url(url)
-            ),
+        Err(format!(
+            "`{}` is not a Redis URL; expected redis://host:6379/0 (or rediss://, unix://)",
+            redact_url(url)
         ))
     }
 }
 
 /// CORS origins as the browser sends them: `*`, or `scheme://host[:port]` without a path.
 /// Anything else would never match, silently.
-fn check_origins(
-    origins: &[String],
-    setting: impl Fn() -> String,
-) -> Result<Vec<String>, SettingsError> {
+fn check_origins(origins: &[String]) -> Result<(), String> {
     for origin in origins {
         let plausible = origin == "*"
             || ((origin.starts_with("http://") || origin.starts_with("https://"))
@@ -1086,15 +1126,12 @@ fn check_origins(
                     .split_once("://")
                     .is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/')));
         if !plausible {
-            return Err(invalid(
-                setting(),
-                format!(
-                    "`{origin}` is not an origin; expected `*` or https://host[:port] (no path)"
-                ),
+            return Err(format!(
+                "`{origin}` is not an origin; expected `*` or https://host[:port] (no path)"
             ));
         }
     }
-    Ok(origins.to_vec())
+    Ok(())
 }
 
 /// The checks `telemetry` applies to `OTEL_EXPORTER_OTLP_ENDPOINT` (private there), so a
@@ -1118,14 +1155,11 @@ fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
 }
 
 /// `n` if above zero: zero would refuse everything (rooms, messages) or never expire.
-fn positive<N: PartialOrd + Default + Copy + fmt::Display>(
-    n: N,
-    setting: impl Fn() -> String,
-) -> Result<N, SettingsError> {
+fn above_zero<N: PartialOrd + Default + Copy + fmt::Display>(n: N) -> Result<N, String> {
     if n > N::default() {
         Ok(n)
     } else {
-        Err(invalid(setting(), format!("must be above 0, not {n}")))
+        Err(format!("must be above 0, not {n}"))
     }
 }
 
@@ -1143,9 +1177,8 @@ fn redact_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::{Args, FromArgMatches};
-
     use super::*;
+    use crate::config::LimitsConfig;
 
     const SECRET: &str = "0123456789abcdef0123456789abcdef-test";
 
@@ -1673,6 +1706,87 @@ mod tests {
         assert!(
             guide.contains(example.trim()),
             "docs/configuration.md must embed marquee.example.toml"
+        );
+    }
+
+    /// Collects the keys `each_setting` walks.
+    struct Keys(Vec<&'static str>);
+
+    impl Visit for Keys {
+        type Error = Infallible;
+
+        fn setting<T, U>(
+            &mut self,
+            key: &'static str,
+            _: &mut Option<T>,
+            _: &mut U,
+            _: Codec<T, U>,
+        ) -> Result<(), Infallible> {
+            self.0.push(key);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_walk_names_each_setting_by_its_file_key_and_clap_id() {
+        let mut keys = Keys(Vec::new());
+        let Ok(()) = each_setting(
+            &mut keys,
+            &mut Settings::default(),
+            &mut ServerConfig::default(),
+        );
+        // Each key is a key of the file (shown with every optional value set)...
+        let mut config = ServerConfig {
+            redis_url: Some("redis://cache:6379/0".to_owned()),
+            ..ServerConfig::default()
+        };
+        config.telemetry.otlp_endpoint = Some("http://127.0.0.1:4318".to_owned());
+        let shown: toml::Value = toml::from_str(&toml::to_string(&effective(&config)).unwrap())
+            .expect("the effective config is TOML");
+        for key in &keys.0 {
+            let mut node = Some(&shown);
+            for part in key.split('.') {
+                node = node.and_then(|table| table.get(part));
+            }
+            assert!(node.is_some(), "`{key}` is not a key of the file:\n{shown}");
+        }
+        // ...and each flag is one of them, but for the secret's and TURN's (which the layers
+        // spell differently) and --config.
+        let special = [
+            "config",
+            "auth_secret",
+            "auth_secret_file",
+            "urls",
+            "secret",
+            "ttl_secs",
+        ];
+        let command = ServeArgs::augment_args(clap::Command::new("marquee"));
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            let walked = keys.0.iter().any(|key| key.rsplit('.').next() == Some(id));
+            assert!(walked || special.contains(&id), "{id} is not walked");
+        }
+    }
+
+    #[test]
+    fn token_takes_the_config_and_secret_options_of_serve_and_no_others() {
+        let mut command = TokenSecretArgs::augment_args(clap::Command::new("token"))
+            .mut_args(|arg| arg.env(None::<&'static str>));
+        let matches = command
+            .try_get_matches_from_mut(["token", "--config", "m.toml", "--auth-secret-file", "s"])
+            .unwrap();
+        let args = TokenSecretArgs::from_arg_matches(&matches).unwrap();
+        assert_eq!(args.0.config, Some(PathBuf::from("m.toml")));
+        assert_eq!(args.0.settings.auth_secret_file, Some(PathBuf::from("s")));
+        let matches = command
+            .try_get_matches_from_mut(["token", "--auth-secret", SECRET])
+            .unwrap();
+        let args = TokenSecretArgs::from_arg_matches(&matches).unwrap();
+        assert_eq!(args.0.settings.auth_secret.as_deref(), Some(SECRET));
+        assert!(
+            command
+                .try_get_matches_from_mut(["token", "--http", "127.0.0.1:1"])
+                .is_err()
         );
     }
 

@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use signaling::auth::{Grant, TokenKey};
-use signaling::settings::{FileSettings, parse_file};
+use signaling::settings::{Settings, parse_file};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -300,7 +300,7 @@ fn the_environment_overrides_the_file_and_flags_override_the_environment() -> Re
          shutdown_grace_secs = 4\n[limits]\nmax_rooms = 10\nmax_peers = 30\n",
     )?;
     // `marquee check-config [flags]` with `env` and the file named by MARQUEE_CONFIG.
-    let check = |flags: &[&str], env: &[(&str, &str)]| -> Result<FileSettings> {
+    let check = |flags: &[&str], env: &[(&str, &str)]| -> Result<Settings> {
         let output = run(marquee()
             .env("MARQUEE_CONFIG", &config)
             .envs(env.iter().copied())
