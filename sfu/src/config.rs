@@ -47,12 +47,13 @@ pub struct SfuConfig {
     /// of the latency budget above network delay; a driver with room to spare handles a
     /// datagram within microseconds.
     pub overload_ingress_wait: Duration,
-    /// Threads that send the drivers' datagrams (`sendmmsg`), for the whole node: the
-    /// kernel's send path is most of the media plane's CPU, so it runs beside the driver
-    /// threads. One per core by default; shared out among the shards, each getting at least
-    /// one (one shard on a 2-core machine forwards on one core and sends on both; two shards
-    /// get a send thread each).
-    pub send_threads: usize,
+    /// Threads that send the shards' datagrams (`sendmmsg`), for the whole node, shared out
+    /// among the shards; a shard without one sends on its own driver thread. `None`, the
+    /// default: one per core that runs no shard ([`SfuConfig::node_send_threads`]), so one
+    /// shard on a 2-core machine forwards on one core and sends on the other, and two shards
+    /// each send their own. A send thread on a core that also runs a shard only adds a
+    /// wake-up and two context switches per batch (measured in `crate::udp::EgressPool`).
+    pub send_threads: Option<usize>,
     /// SRTP profiles offered to viewers. Every forwarded packet is sealed once per viewer,
     /// so the profile is the largest per-viewer cost the SFU controls: AES-128-GCM is one
     /// AES-GCM pass (0.5 µs for 1.2 KB here), AES-CM-HMAC-SHA1 an AES-CTR pass plus an
@@ -88,11 +89,22 @@ impl Default for SfuConfig {
             max_ingress_delay: Duration::from_millis(50),
             max_handshake_delay: Duration::from_secs(1),
             overload_ingress_wait: Duration::from_millis(10),
-            send_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            send_threads: None,
             viewer_srtp_profiles: vec![SrtpProfile::AeadAes128Gcm],
             host_srtp_profiles: SrtpProfile::ALL.to_vec(),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             shard: Shard::default(),
         }
+    }
+}
+
+impl SfuConfig {
+    /// The node's send threads: [`SfuConfig::send_threads`], or by default one per core that
+    /// runs no shard (none when there are as many shards as cores, or more).
+    pub fn node_send_threads(&self) -> usize {
+        self.send_threads.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            cores.saturating_sub(self.workers.max(1))
+        })
     }
 }

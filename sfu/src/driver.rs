@@ -340,26 +340,20 @@ pub fn run_driver(
         .zip(datagram_queues)
         .zip(relay_queues);
     for (index, ((commands, datagrams), relays)) in queues.enumerate() {
-        // The node's send threads are shared out among the shards (each has at least one):
-        // more threads than cores only adds context switches (perf showed 13 % of the
-        // server's CPU in `finish_task_switch` with two shards of two send threads each on
-        // two cores).
-        let send_threads =
-            config.send_threads / count + usize::from(index < config.send_threads % count);
+        // The node's send threads are shared out among the shards; a shard without one sends
+        // on its driver thread (see `EgressPool`).
+        let send_threads = config.node_send_threads();
+        let send_threads = send_threads / count + usize::from(index < send_threads % count);
         let config = SfuConfig {
             shard: Shard { index, count },
-            send_threads: send_threads.max(1),
+            send_threads: Some(send_threads),
             ..config.clone()
         };
-        tracing::info!(
-            shard = index,
-            send_threads = config.send_threads,
-            "media shard"
-        );
-        let egress = EgressPool::start(sockets.clone(), config.send_threads);
+        tracing::info!(shard = index, send_threads, "media shard");
+        let egress = EgressPool::start(sockets.clone(), send_threads);
         let driver = Driver {
-            open: (0..egress.threads()).map(|_| None).collect(),
-            held: (0..egress.threads()).map(|_| None).collect(),
+            open: (0..egress.lanes()).map(|_| None).collect(),
+            held: (0..egress.lanes()).map(|_| None).collect(),
             held_since: None,
             scratch: Vec::with_capacity(MAX_DATAGRAM),
             egress,
@@ -371,6 +365,7 @@ pub fn run_driver(
             relay_links: relay_links.clone(),
             relays_dropped: 0,
             relays_late: 0,
+            more_to_send: false,
         };
         let mut stop = stop_rx.clone();
         let stopped = async move {
@@ -416,7 +411,17 @@ struct Driver {
     /// that waited too long here (receiver side).
     relays_dropped: u64,
     relays_late: u64,
+    /// A driver that sends its own datagrams stopped after [`INLINE_SEND_TURN`] batches with
+    /// more queued in the core; it reads what arrived, then goes on sending.
+    more_to_send: bool,
 }
+
+/// Batches a driver that sends its own datagrams (no send threads) sends before it looks at
+/// its inputs again: 256 datagrams, a few hundred microseconds. A keyframe fanned out to
+/// hundreds of viewers is thousands of datagrams, tens of milliseconds of `sendmmsg`; sent in
+/// one go, the host's next packets would wait that long, and past `max_ingress_delay` they
+/// are dropped (a lost host packet is lost for every viewer).
+const INLINE_SEND_TURN: usize = 8;
 
 impl Driver {
     async fn run(
@@ -447,6 +452,13 @@ impl Driver {
                 match holding {
                     true => tokio::time::sleep(Duration::from_millis(1)).await,
                     false => std::future::pending().await,
+                }
+            };
+            // More of a fan-out to send on this thread: after the inputs, before commands.
+            let more_to_send = self.more_to_send;
+            let resume = async {
+                if !more_to_send {
+                    std::future::pending::<()>().await;
                 }
             };
             let handshakes_waiting = self.ingress.deferred() > 0;
@@ -503,6 +515,7 @@ impl Driver {
                     woke = Some(now);
                     self.sfu.handle_timeout(now);
                 }
+                _ = resume => woke = Some(now()),
                 Some(command) = commands.recv() => {
                     let now = now();
                     woke = Some(now);
@@ -669,6 +682,14 @@ impl Driver {
     /// datagram is written into `scratch`, then swapped (not copied) into its batch. A batch
     /// a full queue refuses is held, and the rest of the media stays in the core.
     fn send_queued(&mut self) {
+        // Full batches handed over; a driver that sends them itself stops at its turn.
+        let mut handed = 0;
+        let turn = if self.egress.inline() {
+            INLINE_SEND_TURN
+        } else {
+            usize::MAX
+        };
+        self.more_to_send = false;
         while let Some(transmit) = self.sfu.poll_transmit(&mut self.scratch) {
             let thread = self.egress.thread_for(transmit.remote);
             let batch = match &mut self.open[thread] {
@@ -680,10 +701,16 @@ impl Driver {
             batch.dests.push(transmit);
             if batch.dests.len() == SEND_BATCH
                 && let Some(full) = self.open[thread].take()
-                && let Err(full) = self.egress.submit(thread, full)
             {
-                self.hold(thread, full);
-                break;
+                if let Err(full) = self.egress.submit(thread, full) {
+                    self.hold(thread, full);
+                    break;
+                }
+                handed += 1;
+                if handed == turn {
+                    self.more_to_send = true;
+                    break;
+                }
             }
         }
         for thread in 0..self.open.len() {

@@ -30,13 +30,18 @@ impl fmt::Display for SessionId {
 }
 
 /// What other tasks may tell a session.
+///
+/// Snapshots are shared (`Arc`): a room's or party's state is built once per publish and
+/// every member's mailbox holds a reference, not a deep copy. It also keeps the enum at two
+/// words: a tokio channel allocates its slots in blocks of 32, so a slot the size of a
+/// whole `PartyState` cost every session ~8 KB of mailbox before any message was queued.
 #[derive(Debug)]
 pub enum SessionEvent {
-    RoomState(RoomState),
+    RoomState(Arc<RoomState>),
     /// The same host joined from a new connection; this one is stale.
     Replaced,
     PartyEvent(Arc<SharedEvent>),
-    PartyState(PartyState),
+    PartyState(Arc<PartyState>),
     /// The same party member joined from a new connection; this one is stale.
     PartyReplaced,
 }
@@ -51,7 +56,7 @@ impl Outbox {
     }
 
     /// Queues a room snapshot; false if the session's mailbox is full.
-    pub fn room_state(&self, state: RoomState) -> bool {
+    pub fn room_state(&self, state: Arc<RoomState>) -> bool {
         self.offer(SessionEvent::RoomState(state))
     }
 
@@ -65,7 +70,7 @@ impl Outbox {
     }
 
     /// Queues a party snapshot; false if the mailbox is full.
-    pub fn party_state(&self, state: PartyState) -> bool {
+    pub fn party_state(&self, state: Arc<PartyState>) -> bool {
         self.offer(SessionEvent::PartyState(state))
     }
 

@@ -542,7 +542,7 @@ impl Parties {
             self.run_ready_jobs(&code, now);
             let replica = self.replicas.get_mut(&code).expect("listed");
             if snapshots && (replica.party.take_dirty() || replica.undelivered) {
-                let state = snapshot(&code, &replica.party, self.available);
+                let state = Arc::new(snapshot(&code, &replica.party, self.available));
                 let mut all = true;
                 for (_, outbox) in replica.sessions.values() {
                     all &= outbox.party_state(state.clone());

@@ -5,6 +5,7 @@
 //! spike of N joins costs O(N) messages per interval instead of O(N²).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -354,7 +355,7 @@ impl Rooms {
             if !std::mem::take(&mut room.dirty) {
                 continue;
             }
-            let state = room.snapshot(code);
+            let state = Arc::new(room.snapshot(code));
             let mut all_delivered = true;
             let members = room.host.iter().chain(room.viewers.values());
             for member in members.filter(|m| m.wants_room_state) {

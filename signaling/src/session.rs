@@ -1,6 +1,7 @@
 //! One WebSocket session: parses client messages, talks to the rooms task and the SFU, and
 //! writes server messages. Bad input gets an error with a stable code; the session goes on.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
@@ -88,7 +89,10 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
                 last_heard = now();
                 session.received_ms = wall_clock::now_ms();
                 match frame {
-                    Message::Text(text) => session.handle_text(&text).await,
+                    // Boxed: the handlers' futures (joins, party commands over the store)
+                    // are kilobytes, and inline they would make every idle session's task
+                    // that large; a message is rare enough to pay one allocation.
+                    Message::Text(text) => Box::pin(session.handle_text(&text)).await,
                     Message::Binary(_) => vec![ServerMessage::error(
                         ErrorCode::BadMessage,
                         "binary frames are not part of the protocol; send JSON text",
@@ -98,15 +102,17 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
                 }
             }
             Some(event) = outbox_rx.recv() => match event {
-                SessionEvent::RoomState(state) => vec![ServerMessage::RoomState(state)],
+                SessionEvent::RoomState(state) => {
+                    vec![ServerMessage::RoomState(Arc::unwrap_or_clone(state))]
+                }
                 SessionEvent::Replaced => {
-                    session.leave_room().await;
+                    Box::pin(session.leave_room()).await;
                     vec![ServerMessage::error(
                         ErrorCode::SessionReplaced,
                         "this host joined again from another connection",
                     )]
                 }
-                SessionEvent::PartyEvent(shared) => match session.on_party_event(&shared.event).await {
+                SessionEvent::PartyEvent(shared) => match Box::pin(session.on_party_event(&shared.event)).await {
                     EventDelivery::Shared => {
                         // Serialized once for every member of the party.
                         if socket.send(Message::Text(shared.text.clone())).await.is_err() {
@@ -116,7 +122,9 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
                     }
                     EventDelivery::Instead(replies) => replies,
                 },
-                SessionEvent::PartyState(state) => session.on_party_state(state).await,
+                SessionEvent::PartyState(state) => {
+                    Box::pin(session.on_party_state(Arc::unwrap_or_clone(state))).await
+                }
                 SessionEvent::PartyReplaced => {
                     // The successor owns the member now: leave without telling the party.
                     session.party = None;
@@ -150,8 +158,8 @@ pub async fn run_session(mut socket: WebSocket, state: AppState, id: SessionId) 
             }
         }
     }
-    session.leave_room().await;
-    session.leave_party(false).await;
+    Box::pin(session.leave_room()).await;
+    Box::pin(session.leave_party(false)).await;
     metrics.session_closed("ws");
 }
 
