@@ -264,6 +264,9 @@ pub struct Settings {
 /// `--turn-url` describes. Without `--turn-url`, `--turn-secret` and `--turn-ttl-secs` apply to
 /// every server of the file instead, so the URLs can live in the file and the secret in the
 /// environment.
+// The flags' docs name the file's `[[turn]]` table, which rustdoc would read as a link to
+// `turn`. clap shows doc comments verbatim, so an escape or backticks would show in `--help`.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "TURN")]
