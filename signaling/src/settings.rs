@@ -370,9 +370,10 @@ pub struct MediaSettings {
     #[arg(skip)]
     pub viewer_srtp_profiles: Option<Vec<String>>,
 
-    /// Forwarding shards of the media plane, each owning whole rooms (at most 62).
+    /// Forwarding shards of the media plane, a core each (at most 62).
     ///
-    /// Default: the number of cores, so a node with many rooms uses every core.
+    /// A room's host lives on the shard its code hashes to; a large room's viewers spread over
+    /// every shard. Default: the number of cores, so the media plane uses every core.
     #[arg(long, env = "MARQUEE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 }
