@@ -5,8 +5,8 @@
 //! Kernel `netem` is not available here (GUIDE §3), so impairment comes from this relay. It is
 //! split the usual way (a core that is told the time, a driver that reads it):
 //!
-//! - [`Link`] ([`link`]) is one direction of one client's path: a deterministic model with no
-//!   sockets, tasks or clock reads, holding every impairment.
+//! - [`Link`] (`relay/link.rs`) is one direction of one client's path: a deterministic model
+//!   with no sockets, tasks or clock reads, holding every impairment.
 //! - [`ImpairedRelay`] is the tokio driver. Clients send to [`ImpairedRelay::addr`]; each
 //!   client has an `up` (client→server) and a `down` (server→client) [`Link`], seeded with
 //!   [`link_seed`]. How the server reaches a client is the [`Upstream`] choice: through the

@@ -1,5 +1,7 @@
 //! Classifying datagrams on the shared UDP port (RFC 7983) and reading the STUN USERNAME
-//! (RFC 8489 §14.3) without allocating, so the driver can route a packet to its peer.
+//! (RFC 8489 §14.3) without allocating, so the driver can route a packet to its peer; and
+//! reading the clear RTP header of an SRTP packet ([`RtpHeader`]), for clients and test
+//! relays that look at media without keys.
 
 /// What kind of protocol a datagram on the media port carries, by its first byte (RFC 7983 §7).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +20,42 @@ pub fn classify(datagram: &[u8]) -> DatagramKind {
         Some(20..=63) => DatagramKind::Dtls,
         Some(128..=191) => DatagramKind::Rtp,
         _ => DatagramKind::Unknown,
+    }
+}
+
+/// Length of the fixed RTP header (RFC 3550 §5.1).
+const RTP_HEADER_LEN: usize = 12;
+
+/// The fields of an RTP header, which SRTP leaves in clear (RFC 3711 §3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RtpHeader {
+    pub payload_type: u8,
+    pub marker: bool,
+    pub seq: u16,
+    pub timestamp: u32,
+    pub ssrc: u32,
+}
+
+impl RtpHeader {
+    /// The header of an RTP (SRTP) datagram; `None` for STUN, DTLS, RTCP, a datagram shorter
+    /// than the fixed header, or anything else. RTCP shares RTP's first-byte range
+    /// ([`classify`]) and is told apart by its second byte: with the marker bit folded in, a
+    /// payload type of 64..=95 is an RTCP packet type of 192..=223 (RFC 5761 §4).
+    pub fn parse(datagram: &[u8]) -> Option<Self> {
+        if classify(datagram) != DatagramKind::Rtp || datagram.len() < RTP_HEADER_LEN {
+            return None;
+        }
+        let payload_type = datagram[1] & 0x7f;
+        if (64..=95).contains(&payload_type) {
+            return None;
+        }
+        Some(Self {
+            payload_type,
+            marker: datagram[1] & 0x80 != 0,
+            seq: u16::from_be_bytes([datagram[2], datagram[3]]),
+            timestamp: u32::from_be_bytes([datagram[4], datagram[5], datagram[6], datagram[7]]),
+            ssrc: u32::from_be_bytes([datagram[8], datagram[9], datagram[10], datagram[11]]),
+        })
     }
 }
 
@@ -137,5 +175,34 @@ mod tests {
         assert_eq!(classify(&[0x80, 0x60]), DatagramKind::Rtp);
         assert_eq!(classify(&[22]), DatagramKind::Dtls);
         assert_eq!(classify(&[]), DatagramKind::Unknown);
+    }
+
+    #[test]
+    fn reads_rtp_headers_and_nothing_else() {
+        let rtp = [
+            0x80, 0xe0, 0x01, 0x02, 0, 0, 0x03, 0xe8, 0xde, 0xad, 0xbe, 0xef, 0x10,
+        ];
+        assert_eq!(
+            RtpHeader::parse(&rtp),
+            Some(RtpHeader {
+                payload_type: 96,
+                marker: true,
+                seq: 0x0102,
+                timestamp: 1000,
+                ssrc: 0xdead_beef,
+            })
+        );
+        assert_eq!(
+            RtpHeader::parse(&rtp[..11]),
+            None,
+            "shorter than the header"
+        );
+        // A receiver report: packet type 201, RTP's first-byte range.
+        let rr = [0x81, 201, 0, 7, 0, 0, 0, 1, 0, 0, 0, 2];
+        assert_eq!(classify(&rr), DatagramKind::Rtp);
+        assert_eq!(RtpHeader::parse(&rr), None);
+        let stun = binding_request("a:b", false);
+        assert_eq!(RtpHeader::parse(&stun), None);
+        assert_eq!(RtpHeader::parse(&[22; 13]), None, "DTLS");
     }
 }

@@ -15,7 +15,7 @@ pub struct ServerConfig {
     /// open the demo.
     pub http: SocketAddr,
     /// The one UDP media port. With an unspecified IP (`0.0.0.0`) the server binds the port
-    /// on each of the machine's interface addresses (see [`ServerConfig::candidate_ips`]).
+    /// on each of the machine's interface addresses (see [`bind_media`](crate::bind_media)).
     pub udp: SocketAddr,
     /// Public IPs to advertise as host candidates (1:1 NAT, cloud VMs). When set, these are
     /// advertised instead of the interface addresses; media still arrives on `udp`.

@@ -1,18 +1,23 @@
 //! Marquee's edge: the HTTP server, the WebSocket signaling protocol and the composition of
-//! the SFU and the rooms registry. The `marquee` binary (`main.rs`) only parses flags, sets up
-//! tracing, binds and calls [`run`].
+//! the SFU, the rooms registry and the watch-party replicas. The `marquee` binary (`main.rs`)
+//! only loads settings, sets up tracing, binds and calls [`run`].
 //!
-//! - [`protocol`]: the wire types, the source of truth for every client.
-//! - [`config`]: [`ServerConfig`] and its defaults.
-//! - `media`: binding the UDP media port.
-//! - `rooms`: room membership and coalesced room state.
-//! - `parties`: watch-party replicas of this node, fed by the sync store.
-//! - `session`: one WebSocket session (live rooms and parties); `mailbox`: what other tasks
-//!   queue for a session; `codes`: room codes ([`RoomCode`](codes::RoomCode)) and keys.
+//! - [`protocol`] and [`auth`]: `marquee_protocol`'s wire types and access tokens, re-exported
+//!   (the source of truth for every client).
+//! - [`settings`]: every setting declared once (flag, environment variable, file key, doc),
+//!   layered into a [`ServerConfig`] ([`config`], with the defaults and why).
+//! - `media`: binding the UDP media port ([`bind_media`]).
+//! - `rooms`: room membership and coalesced room state (one task).
+//! - `parties`: this node's watch-party replicas, fed by the sync store (one task).
+//! - `session`: one WebSocket session (live rooms; `session/party` its watch-party half).
 //! - `whip`: WHIP ingest and WHEP playback sessions over HTTP.
-//! - `errors`: every core error as a client sees it (wire code, HTTP status), mapped once.
-//! - [`auth`]: access tokens; [`turn`]: TURN credentials; [`limits`]: rate limiters;
-//!   [`telemetry`]: metrics and traces; `join_trace`: one trace per join.
+//! - What those four share, so that no two of them import each other: the leaves `mailbox`
+//!   (what other tasks queue for a session) and `codes` (the `RoomCode` newtype, fresh codes
+//!   and keys), and `errors` (every core error as a client sees it, wire code and HTTP status,
+//!   mapped once; above `rooms`, whose refusals it maps). `scripts/check-layers.sh` keeps
+//!   the modules free of import circles.
+//! - [`turn`]: TURN credentials; [`limits`]: rate limiters; [`telemetry`]: traces and metrics
+//!   (`setup`, `metrics`, and `exposition` for `/metrics`); `join_trace`: one trace per join.
 //! - `wall_clock`: the one place the edge reads the wall clock.
 
 pub use marquee_protocol::auth;

@@ -34,6 +34,9 @@ use serde::{Deserialize, Serialize};
 use crate::auth::TokenKey;
 use crate::config::ServerConfig;
 use crate::limits::Rate;
+use crate::telemetry::{
+    EXPORT_INTERVAL_ENV, OTLP_ENDPOINT_ENV, SERVICE_NAME_ENV, check_otlp_endpoint,
+};
 use crate::turn::TurnConfig;
 use sfu::srtp::SrtpProfile;
 
@@ -261,6 +264,9 @@ pub struct Settings {
 /// `--turn-url` describes. Without `--turn-url`, `--turn-secret` and `--turn-ttl-secs` apply to
 /// every server of the file instead, so the URLs can live in the file and the secret in the
 /// environment.
+// The flags' docs name the file's `[[turn]]` table, which rustdoc would read as a link to
+// `turn`. clap shows doc comments verbatim, so an escape or backticks would show in `--help`.
+#[allow(rustdoc::broken_intra_doc_links)]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 #[command(next_help_heading = "TURN")]
@@ -364,9 +370,10 @@ pub struct MediaSettings {
     #[arg(skip)]
     pub viewer_srtp_profiles: Option<Vec<String>>,
 
-    /// Forwarding shards of the media plane, each owning whole rooms (at most 62).
+    /// Forwarding shards of the media plane, a core each (at most 62).
     ///
-    /// Default: the number of cores, so a node with many rooms uses every core.
+    /// A room's host lives on the shard its code hashes to; a large room's viewers spread over
+    /// every shard. Default: the number of cores, so the media plane uses every core.
     #[arg(long, env = "MARQUEE_WORKERS", value_name = "N")]
     pub workers: Option<usize>,
 }
@@ -379,13 +386,13 @@ pub struct TelemetrySettings {
     /// Base URL of an OTLP/HTTP collector for traces and metrics (http://127.0.0.1:4318).
     ///
     /// Default: none, nothing is pushed and metrics are served on /metrics only.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", value_name = "URL")]
+    #[arg(long, env = OTLP_ENDPOINT_ENV, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
     /// `service.name` of exported telemetry.
     ///
     /// Default: marquee.
-    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    #[arg(long, env = SERVICE_NAME_ENV, value_name = "NAME")]
     pub service_name: Option<String>,
 
     /// How often metrics (and waiting spans) are pushed, in milliseconds.
@@ -393,7 +400,7 @@ pub struct TelemetrySettings {
     /// Default: 10000, fresh enough for dashboards at one request per signal per node.
     #[arg(
         long = "otlp-export-interval-ms",
-        env = "MARQUEE_OTLP_EXPORT_INTERVAL_MS",
+        env = EXPORT_INTERVAL_ENV,
         value_name = "MS"
     )]
     pub export_interval_ms: Option<u64>,
@@ -774,7 +781,8 @@ fn redis_url() -> Codec<String, Option<String>> {
     }
 }
 
-/// An OTLP/HTTP base URL, trimmed; blank counts as unset, a password is redacted when shown.
+/// An OTLP/HTTP base URL (see [`check_otlp_endpoint`]), trimmed; blank counts as unset, a
+/// password is redacted when shown.
 fn otlp_endpoint() -> Codec<String, Option<String>> {
     Codec {
         decode: |endpoint, _, _| {
@@ -1130,26 +1138,6 @@ fn check_origins(origins: &[String]) -> Result<(), String> {
                 "`{origin}` is not an origin; expected `*` or https://host[:port] (no path)"
             ));
         }
-    }
-    Ok(())
-}
-
-/// The checks `telemetry` applies to `OTEL_EXPORTER_OTLP_ENDPOINT` (private there), so a
-/// typo in the file or a flag fails at startup, not as a warning on every export.
-fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
-    let uri: axum::http::Uri = endpoint
-        .parse()
-        .map_err(|_| format!("`{endpoint}` is not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err("https is not supported (no TLS client built in)".into()),
-        _ => return Err(format!("`{endpoint}` is not an http:// URL")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(format!("`{endpoint}` has no host"));
-    }
-    if uri.query().is_some() {
-        return Err("a query string cannot take the /v1/<signal> suffix".into());
     }
     Ok(())
 }
@@ -1629,6 +1617,8 @@ mod tests {
         assert!(err.contains("`telemetry.export_interval_ms`"), "{err}");
         let err = build_err(&base, &["--otlp-endpoint", "collector:4318"]);
         assert!(err.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{err}");
+        let err = build_err(&base, &["--otlp-export-interval-ms", "0"]);
+        assert!(err.contains("MARQUEE_OTLP_EXPORT_INTERVAL_MS"), "{err}");
         let err = build_err(&format!("{base}max_message_bytes = 0\n"), &[]);
         assert!(err.contains("`max_message_bytes`"), "{err}");
     }
@@ -1638,11 +1628,25 @@ mod tests {
         let text = format!("redis_url = \"redis://cache:6379/0\"\nauth_secret = \"{SECRET}\"\n");
         let config = build(
             Some(&file(&text)),
-            &args(&["--redis", "", "--auth-secret", ""]),
+            &args(&[
+                "--redis",
+                "",
+                "--auth-secret",
+                "",
+                "--otlp-endpoint",
+                " ",
+                "--service-name",
+                "",
+            ]),
         )
         .unwrap();
         assert_eq!(config.redis_url.as_deref(), Some("redis://cache:6379/0"));
         assert_eq!(config.auth_secret.as_deref(), Some(SECRET));
+        // As the OpenTelemetry specification reads its own variables.
+        assert_eq!(
+            config.telemetry,
+            crate::telemetry::TelemetryConfig::default()
+        );
     }
 
     #[test]

@@ -187,13 +187,9 @@ pub(crate) struct HttpError {
 }
 
 impl HttpError {
-    pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            retry_after: None,
-        }
+    /// An error answered with the status (and `Retry-After`) the one error map gives `code`.
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Failure::new(code, message.into()).into()
     }
 
     pub(crate) fn retry_after(mut self, secs: u64) -> Self {
@@ -204,7 +200,6 @@ impl HttpError {
     pub(crate) fn rate_limited(retry: crate::limits::RetryAfter) -> Self {
         let secs = retry.secs_ceil();
         Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
             format!("too many requests from this address; retry in {secs} s"),
         )
@@ -221,10 +216,11 @@ impl HttpError {
 impl From<Failure> for HttpError {
     fn from(failure: Failure) -> Self {
         let (status, retry_after) = crate::errors::http_status(failure.code);
-        let error = HttpError::new(status, failure.code, failure.message);
-        match retry_after {
-            Some(secs) => error.retry_after(secs),
-            None => error,
+        Self {
+            status,
+            code: failure.code,
+            message: failure.message,
+            retry_after,
         }
     }
 }
@@ -263,7 +259,6 @@ fn require_content_type(headers: &HeaderMap, expected: &str) -> Result<(), HttpE
         Ok(())
     } else {
         Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ErrorCode::UnsupportedMediaType,
             format!(
                 "expected Content-Type {expected}, got {}",
@@ -278,16 +273,14 @@ fn body_text(body: Result<Bytes, BytesRejection>, code: ErrorCode) -> Result<Str
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             HttpError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorCode::MessageTooLarge,
                 format!("the body exceeds {MAX_BODY_BYTES} bytes"),
             )
         } else {
-            HttpError::new(StatusCode::BAD_REQUEST, code, rejection.body_text())
+            HttpError::new(code, rejection.body_text())
         }
     })?;
-    String::from_utf8(body.to_vec())
-        .map_err(|_| HttpError::new(StatusCode::BAD_REQUEST, code, "the body is not UTF-8 text"))
+    String::from_utf8(body.to_vec()).map_err(|_| HttpError::new(code, "the body is not UTF-8 text"))
 }
 
 fn room_code(room: &str) -> Result<RoomCode, HttpError> {
@@ -573,7 +566,6 @@ fn find(
     let room = room_code(room)?;
     let resource = state.resources.get(kind, &room, id).ok_or_else(|| {
         HttpError::new(
-            StatusCode::NOT_FOUND,
             ErrorCode::UnknownSession,
             "no such session (it ended, or never existed)",
         )
@@ -595,13 +587,8 @@ async fn patch(
     let resource = find(kind, &state, &headers, &room, &id)?;
     require_content_type(&headers, SDPFRAG)?;
     let fragment = body_text(body, ErrorCode::InvalidCandidate)?;
-    let fragment = SdpFragment::parse(&fragment).map_err(|message| {
-        HttpError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::InvalidCandidate,
-            message,
-        )
-    })?;
+    let fragment = SdpFragment::parse(&fragment)
+        .map_err(|message| HttpError::new(ErrorCode::InvalidCandidate, message))?;
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok());
     let restart = match (&fragment.ufrag, &fragment.pwd) {
         (Some(ufrag), Some(_)) => resource.remote_ufrag.as_deref() != Some(ufrag.as_str()),
@@ -610,11 +597,15 @@ async fn patch(
     if restart {
         // An ICE restart must say `If-Match: *` (§4.3.2).
         if if_match.map(str::trim) != Some("*") {
-            return Err(HttpError::new(
-                StatusCode::PRECONDITION_REQUIRED,
-                ErrorCode::PreconditionFailed,
-                "an ICE restart needs If-Match: *",
-            ));
+            // 428, not the code's 412: the precondition is missing, not failed (RFC 6585
+            // §3), the one status of WHIP/WHEP the error map does not give.
+            return Err(HttpError {
+                status: StatusCode::PRECONDITION_REQUIRED,
+                ..HttpError::new(
+                    ErrorCode::PreconditionFailed,
+                    "an ICE restart needs If-Match: *",
+                )
+            });
         }
         let (ufrag, pwd) = (
             fragment.ufrag.unwrap_or_default(),
@@ -640,7 +631,6 @@ async fn patch(
         let tag = tag.trim();
         if tag != "*" && tag.trim_matches('"') != resource.etag {
             return Err(HttpError::new(
-                StatusCode::PRECONDITION_FAILED,
                 ErrorCode::PreconditionFailed,
                 "If-Match does not match the session's current ETag (an ICE restart happened)",
             ));

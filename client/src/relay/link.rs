@@ -19,6 +19,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use marquee_protocol::demux::RtpHeader;
 use marquee_protocol::demux::{DatagramKind, classify};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -415,48 +416,19 @@ pub enum Datagram {
     Other,
 }
 
-/// The fields of an RTP header, which SRTP leaves in clear (RFC 3711 §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RtpHeader {
-    pub payload_type: u8,
-    pub marker: bool,
-    pub seq: u16,
-    pub timestamp: u32,
-    pub ssrc: u32,
-}
-
-impl RtpHeader {
-    /// The header of an RTP datagram; `None` for STUN, DTLS, RTCP or anything else.
-    pub fn parse(buf: &[u8]) -> Option<Self> {
-        match classify_datagram(buf) {
-            Datagram::Rtp(header) => Some(header),
-            _ => None,
-        }
-    }
-}
-
-/// Classifies one datagram without any keys: RFC 7983's first-byte ranges (shared with the
-/// SFU), then RTCP told from RTP by its packet type.
+/// Classifies one datagram without any keys: RFC 7983's first-byte ranges, then RTCP told
+/// from RTP by its packet type ([`RtpHeader::parse`]), both from `marquee_protocol::demux`.
 pub fn classify_datagram(buf: &[u8]) -> Datagram {
     match classify(buf) {
         DatagramKind::Stun => Datagram::Stun,
         DatagramKind::Dtls => Datagram::Dtls,
-        DatagramKind::Rtp if buf.len() >= 12 => {
-            let payload_type = buf[1] & 0x7f;
-            if (64..=95).contains(&payload_type) {
-                // Packet types 192..=223 with the marker bit folded in: RTCP.
-                Datagram::Rtcp
-            } else {
-                Datagram::Rtp(RtpHeader {
-                    payload_type,
-                    marker: buf[1] & 0x80 != 0,
-                    seq: u16::from_be_bytes([buf[2], buf[3]]),
-                    timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-                    ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
-                })
-            }
-        }
-        DatagramKind::Rtp | DatagramKind::Unknown => Datagram::Other,
+        DatagramKind::Rtp => match RtpHeader::parse(buf) {
+            Some(header) => Datagram::Rtp(header),
+            // RTP's first byte and a full header's length, but an RTCP packet type.
+            None if buf.len() >= 12 => Datagram::Rtcp,
+            None => Datagram::Other,
+        },
+        DatagramKind::Unknown => Datagram::Other,
     }
 }
 

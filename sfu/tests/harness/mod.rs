@@ -31,6 +31,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 use rtc::rtp_transceiver::{RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
+use sfu::demux::RtpHeader;
 use sfu::{Datagram, PeerId, Role, RoomId, Sfu, SfuConfig, SfuEvent};
 
 pub const SERVER: &str = "127.0.0.1:7882";
@@ -630,7 +631,7 @@ fn deliver_transmits(core: &mut Sfu, clients: &mut [Client], now: Instant) -> bo
             continue;
         };
         if let Some(seq) = c.drop_seq
-            && rtp_seq(&payload) == Some(seq)
+            && RtpHeader::parse(&payload).map(|h| h.seq) == Some(seq)
         {
             c.drop_seq = None;
             c.dropped.push(seq);
@@ -821,14 +822,6 @@ pub fn rtp_packet(
         },
         payload,
     }
-}
-
-/// The sequence number of an SRTP datagram (the RTP header is sent in clear), if it is RTP.
-pub fn rtp_seq(datagram: &BytesMut) -> Option<u16> {
-    let is_rtp = datagram.len() >= 12
-        && (128..=191).contains(&datagram[0])
-        && !(64..=95).contains(&(datagram[1] & 0x7f));
-    is_rtp.then(|| u16::from_be_bytes([datagram[2], datagram[3]]))
 }
 
 /// Copies the sender reports a client's stack sends (wire-most slot, after the report

@@ -20,7 +20,8 @@ pub const EXPORT_INTERVAL_ENV: &str = "MARQUEE_OTLP_EXPORT_INTERVAL_MS";
 /// Environment variable of the service name (OpenTelemetry's standard name).
 pub const SERVICE_NAME_ENV: &str = "OTEL_SERVICE_NAME";
 
-/// Where and how often telemetry is pushed.
+/// Where and how often telemetry is pushed. The binary composes it with every other setting
+/// (`settings`: the `[telemetry]` table, the variables above, `--otlp-endpoint` and the like).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TelemetryConfig {
     /// Base URL of an OTLP/HTTP collector, such as `http://127.0.0.1:4318`; `/v1/traces` and
@@ -43,49 +44,6 @@ impl Default for TelemetryConfig {
             service_name: "marquee".to_owned(),
             export_interval: Duration::from_secs(10),
         }
-    }
-}
-
-/// A telemetry setting that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TelemetryConfigError {
-    /// The OTLP endpoint is not an `http://host[:port][/path]` URL.
-    #[error("invalid OTLP endpoint {endpoint:?}: {reason}")]
-    InvalidEndpoint {
-        endpoint: String,
-        reason: &'static str,
-    },
-    /// The export interval is not a positive whole number of milliseconds.
-    #[error("invalid {EXPORT_INTERVAL_ENV} {0:?}: expected a positive number of milliseconds")]
-    InvalidExportInterval(String),
-}
-
-impl TelemetryConfig {
-    /// The defaults, overridden by `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME` and
-    /// `MARQUEE_OTLP_EXPORT_INTERVAL_MS` where set and not empty.
-    pub fn from_env() -> Result<Self, TelemetryConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
-    }
-
-    /// As [`TelemetryConfig::from_env`], reading variables through `lookup` (testable without
-    /// touching the process environment).
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, TelemetryConfigError> {
-        let set = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let mut config = Self::default();
-        if let Some(endpoint) = set(OTLP_ENDPOINT_ENV) {
-            validate_endpoint(endpoint.trim())?;
-            config.otlp_endpoint = Some(endpoint.trim().to_owned());
-        }
-        if let Some(name) = set(SERVICE_NAME_ENV) {
-            config.service_name = name;
-        }
-        if let Some(interval) = set(EXPORT_INTERVAL_ENV) {
-            config.export_interval = match interval.trim().parse::<u64>() {
-                Ok(ms) if ms > 0 => Duration::from_millis(ms),
-                _ => return Err(TelemetryConfigError::InvalidExportInterval(interval)),
-            };
-        }
-        Ok(config)
     }
 }
 
@@ -152,7 +110,7 @@ impl Drop for TracingGuard {
 /// One server's meter provider: `scrape_reader` (the `/metrics` side) always, and, when an
 /// endpoint is configured, a periodic OTLP push every `export_interval`. Both read the same
 /// instruments, so the two never disagree. An OTLP exporter that cannot be built (which
-/// [`TelemetryConfig::from_env`] rules out) is logged and skipped: `/metrics` still works.
+/// [`check_otlp_endpoint`] rules out) is logged and skipped: `/metrics` still works.
 pub(super) fn meter_provider(
     config: &TelemetryConfig,
     scrape_reader: impl MetricReader,
@@ -209,24 +167,24 @@ fn resource(config: &TelemetryConfig) -> Resource {
         .build()
 }
 
-/// Checks an endpoint before any exporter sees it, so a typo fails at startup with a clear
-/// message instead of as a warning on every export.
-fn validate_endpoint(endpoint: &str) -> Result<(), TelemetryConfigError> {
-    let invalid = |reason| TelemetryConfigError::InvalidEndpoint {
-        endpoint: endpoint.to_owned(),
-        reason,
-    };
-    let uri: axum::http::Uri = endpoint.parse().map_err(|_| invalid("not a URL"))?;
+/// Checks an OTLP endpoint before any exporter sees it, so that a typo in the file, a flag or
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` fails at startup (`settings`) with a clear message instead of
+/// as a warning on every export: an `http://host[:port][/path]` URL, to which
+/// [`signal_url`] can append `/v1/<signal>`.
+pub(crate) fn check_otlp_endpoint(endpoint: &str) -> Result<(), String> {
+    let uri: axum::http::Uri = endpoint
+        .parse()
+        .map_err(|_| format!("`{endpoint}` is not a URL"))?;
     match uri.scheme_str() {
         Some("http") => {}
-        Some("https") => return Err(invalid("https is not supported (no TLS client built in)")),
-        _ => return Err(invalid("expected an http:// URL")),
+        Some("https") => return Err("https is not supported (no TLS client built in)".into()),
+        _ => return Err(format!("`{endpoint}` is not an http:// URL")),
     }
     if uri.host().is_none_or(str::is_empty) {
-        return Err(invalid("no host"));
+        return Err(format!("`{endpoint}` has no host"));
     }
     if uri.query().is_some() {
-        return Err(invalid("a query string cannot take a /v1/<signal> suffix"));
+        return Err("a query string cannot take the /v1/<signal> suffix".into());
     }
     Ok(())
 }
@@ -241,41 +199,18 @@ fn signal_url(base: &str, signal: &str) -> String {
 mod tests {
     use super::*;
 
-    /// A lookup over fixed variables, standing in for the process environment.
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
-
     #[test]
-    fn config_from_environment() {
+    fn endpoints_are_checked_and_take_the_signal_path() {
+        for good in [
+            "http://127.0.0.1:4318/",
+            "http://collector:4318",
+            "http://c/otlp",
+        ] {
+            assert_eq!(check_otlp_endpoint(good), Ok(()), "{good} is accepted");
+        }
         assert_eq!(
-            TelemetryConfig::from_lookup(env(&[])),
-            Ok(TelemetryConfig::default())
-        );
-        let config = TelemetryConfig::from_lookup(env(&[
-            (OTLP_ENDPOINT_ENV, "http://127.0.0.1:4318/"),
-            (EXPORT_INTERVAL_ENV, "500"),
-            (SERVICE_NAME_ENV, "edge-1"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            config.otlp_endpoint.as_deref(),
-            Some("http://127.0.0.1:4318/")
-        );
-        assert_eq!(config.export_interval, Duration::from_millis(500));
-        assert_eq!(config.service_name, "edge-1");
-        assert_eq!(
-            signal_url(config.otlp_endpoint.as_deref().unwrap(), "traces"),
+            signal_url("http://127.0.0.1:4318/", "traces"),
             "http://127.0.0.1:4318/v1/traces"
-        );
-        // Empty means unset, as the OpenTelemetry specification says.
-        assert_eq!(
-            TelemetryConfig::from_lookup(env(&[(OTLP_ENDPOINT_ENV, "")])),
-            Ok(TelemetryConfig::default())
         );
         for bad in [
             "127.0.0.1:4318",
@@ -284,19 +219,7 @@ mod tests {
             "ftp://x",
             "http://h/?q=1",
         ] {
-            assert!(
-                matches!(
-                    TelemetryConfig::from_lookup(env(&[(OTLP_ENDPOINT_ENV, bad)])),
-                    Err(TelemetryConfigError::InvalidEndpoint { .. })
-                ),
-                "{bad} is refused"
-            );
-        }
-        for bad in ["0", "-5", "soon"] {
-            assert_eq!(
-                TelemetryConfig::from_lookup(env(&[(EXPORT_INTERVAL_ENV, bad)])),
-                Err(TelemetryConfigError::InvalidExportInterval(bad.to_owned()))
-            );
+            assert!(check_otlp_endpoint(bad).is_err(), "{bad} is refused");
         }
     }
 }
