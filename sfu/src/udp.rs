@@ -566,6 +566,46 @@ mod tests {
         assert!(pool.free.iter().all(|b| b.dests.is_empty()));
     }
 
+    /// A pool without send threads sends each batch on the caller's thread as it is
+    /// submitted: the datagrams are out when `submit` returns, and the batch is free again.
+    #[test]
+    fn a_pool_without_threads_sends_on_submit() {
+        let server = Arc::new(StdUdpSocket::bind("127.0.0.1:0").unwrap());
+        let local = server.local_addr().unwrap();
+        let viewers: Vec<StdUdpSocket> = (0..3)
+            .map(|_| StdUdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut pool =
+            EgressPool::start(Arc::new(Sockets::new(HashMap::from([(local, server)]))), 0);
+        assert!(pool.inline());
+        assert_eq!(pool.lanes(), 1);
+        let mut batch = pool.batch();
+        for (i, v) in viewers.iter().enumerate() {
+            batch.bufs[i].clear();
+            batch.bufs[i].extend_from_slice(&[i as u8; 50]);
+            batch.dests.push(Transmit {
+                local,
+                remote: v.local_addr().unwrap(),
+            });
+        }
+        let lane = pool.thread_for(viewers[0].local_addr().unwrap());
+        assert!(pool.submit(lane, batch).is_ok());
+        assert_eq!(
+            pool.free.len(),
+            1,
+            "the batch is back as soon as it was sent"
+        );
+        assert!(pool.free[0].dests.is_empty());
+        assert_eq!(pool.counters().datagrams.load(Ordering::Relaxed), 3);
+        for (i, v) in viewers.iter().enumerate() {
+            // Already in the socket's queue: a non-blocking read finds it.
+            v.set_nonblocking(true).unwrap();
+            let mut buf = [0u8; 100];
+            let (len, from) = v.recv_from(&mut buf).unwrap();
+            assert_eq!((len, from, buf[0]), (50, local, i as u8));
+        }
+    }
+
     fn batch_of(datagrams: &[(SocketAddr, usize, u8)], local: SocketAddr) -> Batch {
         let mut batch = Batch::default();
         for (slot, &(remote, len, fill)) in datagrams.iter().enumerate() {
